@@ -46,7 +46,8 @@ def blank_solutions(source: str) -> str:
         names = []
         for node in ast.parse(body).body:
             targets = node.targets if isinstance(node, ast.Assign) else [getattr(node, "target", None)]
-            names += [t.id for t in targets if isinstance(t, ast.Name)]
+            for target in targets:
+                names += [n.id for n in ast.walk(target) if isinstance(n, ast.Name)] if target else []
         return "\n".join(f"{n} = None" for n in dict.fromkeys(names)) or "pass"
     return _replace_blocks(source, blank)
 
