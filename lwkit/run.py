@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     parameters = {name: parse_value(value) for name, value in args.parameter}
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    records_path = out_dir / "records.jsonl"
+    records_path = out_dir / f".records-{os.getpid()}.jsonl"  # one file per run: parallel runs don't mix
     records_path.unlink(missing_ok=True)
 
     results = {"notebooks": {}, "records": []}
@@ -121,6 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {nb['status']} in {nb['seconds']:.1f} s" + (f"\n  {nb['error']}" if "error" in nb else ""),
               flush=True)
     results["records"] = [asdict(r) for r in report.read_records(records_path)]
+    records_path.unlink(missing_ok=True)
     results["parameters"] = parameters
     (out_dir / "results.json").write_text(json.dumps(results, indent=2))
     print()

@@ -1,0 +1,279 @@
+"""lwkit.quant against torch's own fake-quantization, hypothesis properties, STE, QAT/PTQ helpers, errors."""
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+from lwkit import models, quant
+
+floats = st.floats(min_value=-1e3, max_value=1e3, allow_nan=False, width=32)
+tensors = st.lists(floats, min_size=1, max_size=64).map(lambda v: torch.tensor(v, dtype=torch.float32))
+bits_st = st.integers(min_value=2, max_value=16)
+
+
+def test_qrange():
+    assert quant.qrange(8, symmetric=True) == (-128, 127)
+    assert quant.qrange(8, symmetric=False) == (0, 255)
+    assert quant.qrange(4) == (0, 15)
+    assert quant.qrange(1, symmetric=True) == (-1, 0)
+
+
+def test_hand_example():
+    x = torch.tensor([-1.0, 0.0, 0.5, 2.0])
+    scale, zp = quant.choose_qparams(x, bits=8)  # range [-1, 2] onto [0, 255]
+    assert scale.item() == pytest.approx(3 / 255)
+    assert zp.item() == 85  # -(-1) / (3/255) = 85
+    q = quant.quantize(x, scale, zp, 0, 255)
+    assert q.tolist() == [0, 85, 127, 255]  # 0.5 / (3/255) = 42.5 rounds half to even: 42
+    assert q.dtype == torch.int32
+    s_sym, z_sym = quant.choose_qparams(x, bits=8, symmetric=True)
+    assert z_sym.item() == 0 and s_sym.item() == pytest.approx(2 / 127.5)
+
+
+@settings(max_examples=150, deadline=None)
+@given(tensors, bits_st, st.booleans())
+def test_matches_torch_per_tensor(x, bits, symmetric):
+    scale, zp = quant.choose_qparams(x, bits=bits, symmetric=symmetric)
+    qmin, qmax = quant.qrange(bits, symmetric)
+    ours = quant.dequantize(quant.quantize(x, scale, zp, qmin, qmax), scale, zp)
+    ref = torch.fake_quantize_per_tensor_affine(x, scale.item(), int(zp), qmin, qmax)
+    assert torch.equal(ours, ref)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 6), st.integers(1, 12), bits_st, st.booleans(), st.integers(0, 2**31 - 1))
+def test_matches_torch_per_channel(rows, cols, bits, symmetric, seed):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(rows, cols, generator=g) * torch.rand(rows, 1, generator=g) * 10
+    for axis in (0, 1):
+        scale, zp = quant.choose_qparams(x, bits=bits, symmetric=symmetric, axis=axis)
+        qmin, qmax = quant.qrange(bits, symmetric)
+        ours = quant.dequantize(quant.quantize(x, scale, zp, qmin, qmax), scale, zp)
+        ref = torch.fake_quantize_per_channel_affine(x, scale.flatten(), zp.flatten().int(), axis, qmin, qmax)
+        assert torch.equal(ours, ref)
+
+
+def test_choose_qparams_matches_torch_ao_observer():
+    from torch.ao.quantization.observer import MinMaxObserver, PerChannelMinMaxObserver
+
+    x = torch.randn(8, 5) * 3
+    obs = MinMaxObserver(dtype=torch.quint8, qscheme=torch.per_tensor_affine)
+    obs(x)
+    s_ref, z_ref = obs.calculate_qparams()
+    s, z = quant.choose_qparams(x, bits=8)
+    assert s.item() == pytest.approx(s_ref.item(), rel=1e-6) and z.item() == z_ref.item()
+    obs = PerChannelMinMaxObserver(ch_axis=0, dtype=torch.qint8, qscheme=torch.per_channel_symmetric)
+    obs(x)
+    s_ref, _ = obs.calculate_qparams()
+    s, z = quant.choose_qparams(x, bits=8, symmetric=True, axis=0)
+    torch.testing.assert_close(s.flatten(), s_ref)
+    assert (z == 0).all()
+
+
+@settings(max_examples=150, deadline=None)
+@given(tensors, bits_st, st.booleans())
+def test_error_at_most_half_a_step(x, bits, symmetric):
+    scale, zp = quant.choose_qparams(x, bits=bits, symmetric=symmetric)
+    qmin, qmax = quant.qrange(bits, symmetric)
+    x_hat = quant.dequantize(quant.quantize(x, scale, zp, qmin, qmax), scale, zp)
+    # min-max covers the whole tensor: only rounding error (plus float slack), except at the symmetric top
+    # where max|x| maps to qmax + 0.5 and is clipped by another half step
+    limit = scale * (1.0 if symmetric else 0.5) * (1 + 1e-4) + 1e-6 * x.abs().max()
+    assert ((x - x_hat).abs() <= limit).all()
+
+
+@settings(max_examples=150, deadline=None)
+@given(tensors, bits_st, st.booleans())
+def test_idempotent(x, bits, symmetric):
+    scale, zp = quant.choose_qparams(x, bits=bits, symmetric=symmetric)
+    qmin, qmax = quant.qrange(bits, symmetric)
+    q = quant.quantize(x, scale, zp, qmin, qmax)
+    assert torch.equal(quant.quantize(quant.dequantize(q, scale, zp), scale, zp, qmin, qmax), q)
+    assert ((q >= qmin) & (q <= qmax)).all()
+
+
+@settings(max_examples=100, deadline=None)
+@given(tensors, bits_st)
+def test_symmetric_maps_zero_to_zero(x, bits):
+    scale, zp = quant.choose_qparams(x, bits=bits, symmetric=True)
+    assert zp.item() == 0
+    qmin, qmax = quant.qrange(bits, True)
+    assert quant.quantize(torch.zeros(3), scale, zp, qmin, qmax).tolist() == [0, 0, 0]
+    # asymmetric grids also represent 0.0 exactly
+    scale, zp = quant.choose_qparams(x, bits=bits)
+    assert quant.dequantize(quant.quantize(torch.zeros(1), scale, zp, 0, 2**bits - 1), scale, zp).item() == 0.0
+
+
+def test_ste_gradient_matches_torch():
+    x = (torch.randn(50) * 2).requires_grad_()
+    scale, zp = torch.tensor(0.02), torch.tensor(10)
+    quant.fake_quantize_with(x, scale, zp, 0, 255).sum().backward()
+    x_ref = x.detach().clone().requires_grad_()
+    torch.fake_quantize_per_tensor_affine(x_ref, 0.02, 10, 0, 255).sum().backward()
+    assert torch.equal(x.grad, x_ref.grad)
+    assert 0 < x.grad.sum() < 50  # identity inside the grid, zero where clipped
+
+
+def test_fake_quantize_gradient_is_identity_inside_range():
+    x = torch.linspace(-1, 1, 11, requires_grad=True)
+    quant.fake_quantize(x, bits=4).sum().backward()
+    assert torch.equal(x.grad, torch.ones(11))
+
+
+def test_sqnr_grows_about_6db_per_bit():
+    w = torch.randn(10_000)
+    s4 = quant.sqnr_db(w, quant.fake_quantize(w, bits=4, symmetric=True))
+    s8 = quant.sqnr_db(w, quant.fake_quantize(w, bits=8, symmetric=True))
+    assert 4 * 5.0 < s8 - s4 < 4 * 7.0
+
+
+def test_mse_and_percentile_clip_heavy_tails():
+    g = torch.Generator().manual_seed(0)
+    x = torch.distributions.StudentT(2.0).sample((20_000,))
+    err = {m: ((quant.fake_quantize(x, bits=4, symmetric=True, method=m) - x) ** 2).mean() for m in quant.METHODS}
+    assert err["mse"] < err["minmax"]
+    del g
+
+
+def test_per_channel_beats_per_tensor_with_an_outlier_channel():
+    w = torch.randn(8, 64)
+    w[0] *= 50
+    per_tensor = quant.fake_quantize(w, bits=4, symmetric=True)
+    per_channel = quant.fake_quantize(w, bits=4, symmetric=True, axis=0)
+    assert quant.sqnr_db(w[1:], per_channel[1:]) > quant.sqnr_db(w[1:], per_tensor[1:]) + 10
+
+
+def test_kmeans():
+    x = torch.cat([torch.full((10,), -1.0), torch.full((10,), 0.5), torch.full((5,), 3.0)])
+    centroids, labels = quant.kmeans_quantize(x, bits=2)
+    assert len(centroids) == 4 and labels.shape == x.shape
+    assert torch.equal(quant.kmeans_fake_quantize(x, bits=2), x)
+    w = torch.randn(5000)
+    for bits in (2, 3):
+        km = ((quant.kmeans_fake_quantize(w, bits=bits) - w) ** 2).mean()
+        uni = ((quant.fake_quantize(w, bits=bits) - w) ** 2).mean()
+        assert km < uni
+
+
+def test_prepare_qat_wraps_and_trains():
+    torch.manual_seed(0)
+    net = models.LeNet300100()
+    qat = quant.prepare_qat(net, bits=4, act_bits=8)
+    assert isinstance(net.fc1, nn.Linear), "the original model is untouched"
+    assert all(isinstance(getattr(qat, n), quant.QuantWrapper) for n in ("fc1", "fc2", "fc3"))
+    x, y = torch.randn(16, 1, 28, 28), torch.randint(0, 10, (16,))
+    loss = nn.functional.cross_entropy(qat.train()(x), y)
+    loss.backward()
+    assert qat.fc1.layer.weight.grad is not None and qat.fc1.layer.weight.grad.abs().sum() > 0
+    w = qat.fc1.quantized_weight()
+    assert all(len(row.unique()) <= 16 for row in w.detach())
+    out = qat.eval()(x)
+    assert out.shape == (16, 10)
+    frozen = quant.freeze_weights(quant.prepare_qat(net, bits=4))
+    assert isinstance(frozen.fc1, nn.Linear)
+    torch.testing.assert_close(frozen(x), quant.prepare_qat(net, bits=4).eval()(x))
+
+
+def test_prepare_qat_cnn_and_ptq_calibration():
+    torch.manual_seed(0)
+    cnn = models.SmallCNN().eval()
+    x = torch.randn(8, 1, 28, 28)
+    q = quant.prepare_ptq(cnn, bits=8, act_bits=8)
+    with pytest.raises(RuntimeError, match="calibrate"):
+        q(x)
+    quant.calibrate(q, [(x, None)])
+    torch.testing.assert_close(q(x), cnn(x), atol=0.1, rtol=0.1)
+    w8 = quant.quantize_weights(cnn, bits=8)
+    torch.testing.assert_close(w8(x), cnn(x), atol=0.05, rtol=0.05)
+    assert quant.prepare_qat(cnn, bits=2)(x).shape == (8, 10)
+
+
+def test_observer_methods():
+    obs = quant.Observer(bits=8, method="percentile", percentile=99.0)
+    obs.update(torch.cat([torch.rand(10_000), torch.tensor([1000.0])]))
+    scale, _ = obs.qparams()
+    assert scale < 0.01  # the outlier was clipped away
+    obs = quant.Observer(bits=8)
+    obs.update(torch.tensor([-1.0, 3.0]))
+    assert obs.qparams()[0].item() == pytest.approx(4 / 255)
+
+
+def test_mixed_precision():
+    sens = {"a": {8: 0.9, 4: 0.5}, "b": {8: 0.9, 4: 0.89}}
+    sizes = {"a": 100, "b": 1000}
+    assert quant.allocate_bits(sens, sizes, budget_bits=100 * 8 + 1000 * 4) == {"a": 8, "b": 4}
+    assert quant.allocate_bits(sens, sizes, budget_bits=1e9) == {"a": 8, "b": 8}
+    with pytest.raises(ValueError, match="no allocation fits"):
+        quant.allocate_bits(sens, sizes, budget_bits=10)
+    net = models.LeNet300100()
+    fp32 = quant.quantized_size_bytes(net, None)
+    int8 = quant.quantized_size_bytes(net, 8)
+    assert 3.5 < fp32 / int8 < 4.0
+    assert quant.quantized_size_bytes(net, {"fc1": 4, "fc2": 8}) < int8
+    sens = quant.layer_sensitivity(net, lambda m: 1.0, bits_options=(8, 2))
+    assert set(sens) == {"fc1", "fc2", "fc3"} and sens["fc1"] == {8: 1.0, 2: 1.0}
+
+
+@pytest.mark.parametrize("bits", [0, 17, 4.0, True, "8"])
+def test_bad_bits(bits):
+    with pytest.raises(ValueError, match="bits"):
+        quant.choose_qparams(torch.randn(4), bits=bits)
+    with pytest.raises(ValueError, match="bits"):
+        quant.prepare_qat(models.LeNet300100(), bits=bits)
+
+
+def test_bad_inputs():
+    with pytest.raises(ValueError, match="empty"):
+        quant.choose_qparams(torch.tensor([]))
+    with pytest.raises(TypeError, match="float"):
+        quant.choose_qparams(torch.tensor([1, 2]))
+    with pytest.raises(ValueError, match="method"):
+        quant.choose_qparams(torch.randn(4), method="best")
+    with pytest.raises(ValueError, match="axis"):
+        quant.choose_qparams(torch.randn(4, 4), axis=2)
+    for scale in (0.0, -1.0, float("nan")):
+        with pytest.raises(ValueError, match="scale"):
+            quant.quantize(torch.randn(4), scale, 0, 0, 255)
+        with pytest.raises(ValueError, match="scale"):
+            quant.dequantize(torch.zeros(4, dtype=torch.int32), scale, 0)
+    with pytest.raises(ValueError, match="qmin"):
+        quant.quantize(torch.randn(4), 0.1, 0, 5, 5)
+    with pytest.raises(ValueError, match="empty"):
+        quant.calibrate(quant.prepare_ptq(models.LeNet300100()), [])
+    with pytest.raises(ValueError, match="seen no data"):
+        quant.Observer().qparams()
+    with pytest.raises(ValueError, match="no nn.Linear"):
+        quant.prepare_qat(nn.Sequential(nn.ReLU()))
+    with pytest.raises(TypeError, match="only nn.Linear"):
+        quant.QuantWrapper(nn.Conv1d(1, 1, 3))
+    with pytest.raises(ValueError, match="unknown layers"):
+        quant.quantize_weights(models.LeNet300100(), bits={"fc9": 4})
+
+
+def test_bit_width_explorer_static_figures(monkeypatch):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from lwkit import widgets
+
+    monkeypatch.setenv("LWKIT_HEADLESS", "1")
+    monkeypatch.setattr(plt, "show", lambda: None)
+    torch.manual_seed(0)
+    net = models.LeNet300100()
+    x, y = torch.randn(32, 1, 28, 28), torch.randint(0, 10, (32,))
+    score = lambda m: (m.eval()(x).argmax(1) == y).float().mean().item()  # noqa: E731
+    before = len(plt.get_fignums())
+    widgets.bit_width_explorer(net, score, layer="fc2")
+    figs = [plt.figure(n) for n in plt.get_fignums()[before:]]
+    assert len(figs) == 3
+    assert all(ax.get_title() and ax.get_ylabel() for f in figs for ax in f.axes)
+    assert all(f.axes[0].get_xlabel() for f in figs)  # the histogram; the bar chart has named bars
+    plt.close("all")
+    with pytest.raises(ValueError, match="layer"):
+        widgets.bit_width_explorer(net, score, layer="fc9")
+    with pytest.raises(TypeError, match="evaluate"):
+        widgets.bit_width_explorer(net, None)
