@@ -132,3 +132,74 @@ def plot_history(histories: dict, *, title: str = "Training curves"):
     fig.tight_layout()
     plt.show()
     return fig
+
+
+# --- quantization views
+
+
+def bit_width_explorer(model: torch.nn.Module, evaluate: Callable, *, layer: str | None = None,
+                       static_values: list[dict] | None = None):
+    """Bit-width slider (1-8), symmetric and per-channel switches on a live model.
+
+    Left: one layer's weight histogram with the quantization grid on top (per-tensor grid, or the grid of
+    the widest channel). Right: accuracy (`evaluate(model) -> accuracy in [0, 1]`) and size of the whole
+    model with every Linear/Conv2d weight quantized that way, next to fp32. The title gives the layer's
+    error and SQNR.
+    """
+    import matplotlib.pyplot as plt
+
+    from lwkit import quant
+
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if not callable(evaluate):
+        raise TypeError(f"evaluate must be a callable model -> accuracy, got {type(evaluate).__name__}")
+    layers = quant.quantizable_layers(model)
+    layer = layer or next(iter(layers))
+    if layer not in layers:
+        raise ValueError(f"layer must be one of {list(layers)}, got {layer!r}")
+    w = layers[layer].weight.detach()
+    fp32_acc = evaluate(model)
+    fp32_bytes = quant.quantized_size_bytes(model, None)
+    cache: dict = {}
+
+    def draw(bits: int = 4, symmetric: bool = True, per_channel: bool = False):
+        axis = 0 if per_channel else None
+        scale, zero_point = quant.choose_qparams(w, bits=bits, symmetric=symmetric, axis=axis)
+        qmin, qmax = quant.qrange(bits, symmetric)
+        w_hat = quant.dequantize(quant.quantize(w, scale, zero_point, qmin, qmax), scale, zero_point)
+        key = (bits, symmetric, per_channel)
+        if key not in cache:
+            q_model = quant.quantize_weights(model, bits=bits, per_channel=per_channel, symmetric=symmetric)
+            cache[key] = evaluate(q_model), quant.quantized_size_bytes(model, bits, per_channel=per_channel)
+        acc, size = cache[key]
+        c = int(w.flatten(1).abs().amax(1).argmax()) if per_channel else None  # the widest channel
+        s = scale.flatten()[c] if per_channel else scale
+        z = zero_point.flatten()[c] if per_channel else zero_point
+        grid = quant.dequantize(torch.arange(qmin, qmax + 1), s, z)
+        fig, (ax_h, ax_a) = plt.subplots(1, 2, figsize=(10, 3.3), gridspec_kw={"width_ratios": [2, 1]})
+        ax_h.hist(w.flatten().numpy(), bins=120, color="C0", alpha=0.7, label="fp32 weights")
+        for i, g in enumerate(grid.tolist() if len(grid) <= 64 else []):
+            ax_h.axvline(g, color="C3", lw=0.8, alpha=0.7, label="grid levels" if i == 0 else None)
+        ax_h.set(xlabel="weight value", ylabel="count",
+                 title=f"{layer}: {bits}-bit {'symmetric' if symmetric else 'asymmetric'}, "
+                       f"{'per-channel (grid of the widest channel)' if per_channel else 'per-tensor'}\n"
+                       f"MSE {float(((w - w_hat) ** 2).mean()):.2e}, SQNR {quant.sqnr_db(w, w_hat):.1f} dB")
+        ax_h.legend(fontsize=8)
+        bars = ax_a.bar(["fp32", f"{bits}-bit"], [100 * fp32_acc, 100 * acc], color=["C0", "C1"])
+        ax_a.bar_label(bars, labels=[f"{100 * fp32_acc:.1f}%\n{fp32_bytes / 1024:.0f} KB",
+                                     f"{100 * acc:.1f}%\n{size / 1024:.0f} KB"], fontsize=8)
+        ax_a.set(ylim=(0, 115), ylabel="accuracy (%)", title="whole model: accuracy and weight size")
+        fig.tight_layout()
+        plt.show()
+        return fig
+
+    from ipywidgets import Checkbox, IntSlider
+
+    controls = {"bits": IntSlider(value=4, min=1, max=8, description="bits"),
+                "symmetric": Checkbox(value=True, description="symmetric"),
+                "per_channel": Checkbox(value=False, description="per-channel")}
+    statics = static_values or [{"bits": 8, "symmetric": True, "per_channel": False},
+                                {"bits": 3, "symmetric": True, "per_channel": False},
+                                {"bits": 3, "symmetric": True, "per_channel": True}]
+    return interactive_or_static(draw, controls, statics)
