@@ -31,7 +31,11 @@ def count_params(model: nn.Module, *, trainable_only: bool = False, nonzero_only
         if id(p) in seen or (trainable_only and not p.requires_grad):
             continue
         seen.add(id(p))
-        total += int(torch.count_nonzero(p).item()) if nonzero_only else p.numel()
+        if p.layout != torch.strided:  # sparse CSR/COO: only stored values can be nonzero
+            values = p.values()
+            total += int(torch.count_nonzero(values).item()) if nonzero_only else p.numel()
+        else:
+            total += int(torch.count_nonzero(p).item()) if nonzero_only else p.numel()
     return total
 
 
@@ -323,7 +327,8 @@ class Comparison:
             ax.bar_label(bars, fmt="%.4g", fontsize=8)
             ax.set_title(labels.get(key, key))
             ax.set_ylabel(labels.get(key, key))
-            ax.tick_params(axis="x", rotation=20)
+            ax.tick_params(axis="x", rotation=30)
+            plt.setp(ax.get_xticklabels(), ha="right", rotation_mode="anchor")
         fig.suptitle(f"Model comparison (baseline: {self.baseline})")
         fig.tight_layout()
         return fig

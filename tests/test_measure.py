@@ -113,3 +113,12 @@ def test_bad_inputs():
         measure.compare({"a": nn.Linear(2, 2)}, baseline="b", latency=False)
     with pytest.raises(ValueError, match="not in models"):
         measure.compare({"a": nn.Linear(2, 2)}, accuracy={"b": 0.5}, latency=False)
+
+
+def test_count_params_on_sparse_csr_weights():
+    layer = nn.Linear(4, 3, bias=False)
+    with torch.no_grad():
+        layer.weight.copy_(torch.tensor([[0.0, 1, 0, 2], [0, 0, 0, 0], [3, 0, 0, 0]]))
+    layer.weight = nn.Parameter(layer.weight.detach().to_sparse_csr(), requires_grad=False)
+    assert measure.count_params(layer) == 12
+    assert measure.count_params(layer, nonzero_only=True) == 3
