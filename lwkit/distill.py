@@ -1,0 +1,225 @@
+"""Knowledge distillation (知识蒸馏): train a small student on a large teacher's softened outputs.
+
+The loss of Hinton, Vinyals & Dean (2015), "Distilling the Knowledge in a Neural Network":
+
+    loss = alpha * T**2 * KL(p_teacher_T || p_student_T) + (1 - alpha) * CE(student logits, labels)
+
+where p_T = softmax(logits / T). The gradient of the soft term scales like 1 / T**2, so multiplying by
+T**2 keeps its weight against the hard term the same whatever the temperature.
+Training reuses `lwkit.train.fit`: `KDLoss` is a `loss_fn(logits, y, x)` that runs the teacher on `x`.
+"""
+
+from __future__ import annotations
+
+import numbers
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lwkit import train
+
+
+def _check_temperature(temperature) -> None:
+    if isinstance(temperature, bool) or not isinstance(temperature, numbers.Real) or not temperature > 0:
+        raise ValueError(f"temperature must be a number > 0, got {temperature!r}")
+
+
+def _check_alpha(alpha) -> None:
+    if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real) or not 0 <= alpha <= 1:
+        raise ValueError(f"alpha must be a number in [0, 1], got {alpha!r}")
+
+
+def soft_targets(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """softmax(logits / T): T = 1 is the usual softmax, larger T spreads the probability mass."""
+    _check_temperature(temperature)
+    return torch.softmax(logits / temperature, dim=-1)  # (batch, classes)
+
+
+def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor, *,
+            temperature: float = 4.0, alpha: float = 0.9) -> torch.Tensor:
+    """Hinton et al.'s distillation loss, averaged over the batch.
+
+    Args:
+        student_logits: (batch, classes), with gradient.
+        teacher_logits: (batch, classes); treated as constants (detached).
+        labels: (batch,) true class indices.
+        temperature: T > 0 that softens both distributions in the soft term.
+        alpha: weight in [0, 1] of the soft term; alpha = 0 is plain cross-entropy, 1 is pure imitation.
+    """
+    _check_temperature(temperature)
+    _check_alpha(alpha)
+    if student_logits.shape != teacher_logits.shape:
+        raise ValueError(f"student and teacher logits must have the same shape, got {tuple(student_logits.shape)} "
+                         f"and {tuple(teacher_logits.shape)}")
+    log_p_student = F.log_softmax(student_logits / temperature, dim=-1)  # (batch, classes)
+    p_teacher = F.softmax(teacher_logits.detach() / temperature, dim=-1)  # (batch, classes)
+    # KL(p_teacher || p_student) = sum p_teacher * (log p_teacher - log p_student), mean over the batch
+    soft = F.kl_div(log_p_student, p_teacher, reduction="batchmean")
+    hard = F.cross_entropy(student_logits, labels)
+    return alpha * temperature**2 * soft + (1 - alpha) * hard
+
+
+class KDLoss(nn.Module):
+    """`kd_loss` with its teacher inside: a `loss_fn(logits, y, x)` for `lwkit.train.fit`.
+
+    The teacher runs in eval mode without gradient on each batch `x` the student sees.
+    """
+
+    def __init__(self, teacher: nn.Module, *, temperature: float = 4.0, alpha: float = 0.9):
+        super().__init__()
+        if not isinstance(teacher, nn.Module):
+            raise TypeError(f"teacher must be a torch.nn.Module, got {type(teacher).__name__}")
+        _check_temperature(temperature)
+        _check_alpha(alpha)
+        self.teacher = teacher.eval().requires_grad_(False)
+        self.temperature, self.alpha = temperature, alpha
+
+    def forward(self, logits: torch.Tensor, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        self.teacher.eval()
+        with torch.no_grad():
+            teacher_logits = self.teacher(x)  # (batch, classes)
+        return kd_loss(logits, teacher_logits, y, temperature=self.temperature, alpha=self.alpha)
+
+
+class CachedTeacher(nn.Module):
+    """A teacher whose logits on a fixed set of inputs are computed once, then looked up.
+
+    Distillation without augmentation shows the teacher the same training images every epoch; running it
+    again each time costs more than training a small student. Each input row is found by a hash of its
+    bytes and checked for exact equality; rows not in the table (augmented or new images) go through the
+    teacher, so the outputs always equal `teacher(x)` (up to float rounding of batched evaluation).
+    """
+
+    def __init__(self, teacher: nn.Module, inputs: torch.Tensor, *, batch_size: int = 1000):
+        super().__init__()
+        if not isinstance(teacher, nn.Module):
+            raise TypeError(f"teacher must be a torch.nn.Module, got {type(teacher).__name__}")
+        if not isinstance(inputs, torch.Tensor) or inputs.dtype != torch.float32 or inputs.ndim < 2 or not len(inputs):
+            raise ValueError(f"inputs must be a non-empty float32 (n, ...) tensor, got {inputs!r:.60}")
+        self.teacher = teacher.eval().requires_grad_(False)
+        self.inputs = inputs.detach().cpu().contiguous()  # (n, ...) kept to verify each hit exactly
+        self._weights = torch.randint(-2**31, 2**31, (self.inputs[0].numel(),),
+                                      generator=torch.Generator().manual_seed(0))  # (features,) int64
+        device = next(teacher.parameters()).device
+        with torch.no_grad():
+            self.logits = torch.cat([teacher(self.inputs[i: i + batch_size].to(device)).float().cpu()
+                                     for i in range(0, len(self.inputs), batch_size)])  # (n, classes)
+        hashes = torch.cat([self._hash(self.inputs[i: i + batch_size])
+                            for i in range(0, len(self.inputs), batch_size)])  # (n,), in chunks to bound memory
+        self.keys, self.order = torch.sort(hashes)  # (n,) sorted hashes and the rows they belong to
+
+    def _hash(self, x: torch.Tensor) -> torch.Tensor:
+        """An exact integer hash of each row's float bits (int64 arithmetic wraps, so batching can't change it)."""
+        bits = x.reshape(len(x), -1).view(torch.int32).long()  # (batch, features)
+        return (bits * self._weights).sum(1)  # (batch,)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x_cpu = x.detach().float().cpu().contiguous()
+        keys = self._hash(x_cpu)
+        pos = torch.searchsorted(self.keys, keys).clamp(max=len(self.keys) - 1)
+        rows = self.order[pos]  # (batch,) candidate rows of the table
+        hit = (self.keys[pos] == keys) & (self.inputs[rows] == x_cpu).reshape(len(x), -1).all(1)
+        out = self.logits[rows].clone()  # (batch, classes)
+        if not hit.all():
+            with torch.no_grad():
+                out[~hit] = self.teacher(x[~hit.to(x.device)]).float().cpu()
+        return out.to(x.device)
+
+
+def distill(student: nn.Module, teacher: nn.Module, train_loader, *, temperature: float = 4.0,
+            alpha: float = 0.9, **fit_kwargs) -> train.History:
+    """Train `student` in place on `teacher`'s soft targets plus the labels; `fit_kwargs` go to `train.fit`."""
+    if not isinstance(student, nn.Module):
+        raise TypeError(f"student must be a torch.nn.Module, got {type(student).__name__}")
+    if "loss_fn" in fit_kwargs:
+        raise TypeError("distill sets loss_fn itself; call lwkit.train.fit for a custom loss")
+    if not isinstance(teacher, CachedTeacher):
+        device = torch.device(fit_kwargs.get("device") or train.default_device())
+        teacher = teacher.to(device)
+    loss = KDLoss(teacher, temperature=temperature, alpha=alpha)
+    fit_kwargs.setdefault("desc", f"distill (T={temperature:g}, alpha={alpha:g})")
+    return train.fit(student, train_loader, loss_fn=loss, **fit_kwargs)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Hints (FitNets, Romero et al. 2015): the student also matches an intermediate feature map of the teacher.
+
+
+def _module(model: nn.Module, name: str) -> nn.Module:
+    modules = dict(model.named_modules())
+    if name not in modules or name == "":
+        valid = [n for n in modules if n]
+        raise ValueError(f"no layer named {name!r}; valid names: {valid}")
+    return modules[name]
+
+
+class HintedStudent(nn.Module):
+    """A student plus a linear regressor from one of its layers to one of the teacher's (discarded after training).
+
+    `forward` returns the student's logits and keeps the regressed student feature and the teacher feature
+    of the same batch, so `HintLoss` can add `beta * MSE(regressor(student_feature), teacher_feature)`.
+    """
+
+    def __init__(self, student: nn.Module, teacher: nn.Module, example_input: torch.Tensor, *,
+                 student_layer: str, teacher_layer: str):
+        super().__init__()
+        self.student = student
+        self.teacher = [teacher.eval().requires_grad_(False)]  # a list: not a submodule, so not trained or saved
+        self._features: dict[str, torch.Tensor] = {}
+        self._handles = [_module(student, student_layer).register_forward_hook(self._keep("student")),
+                         _module(teacher, teacher_layer).register_forward_hook(self._keep("teacher"))]
+        with torch.no_grad():
+            was_training = student.training
+            student.eval()
+            student(example_input[:2])
+            teacher(example_input[:2])
+            student.train(was_training)
+        s_dim = self._features["student"][0].numel()
+        t_dim = self._features["teacher"][0].numel()
+        self.regressor = nn.Linear(s_dim, t_dim)
+        self._features.clear()
+
+    def _keep(self, name: str):
+        def hook(module, inputs, output):
+            self._features[name] = output.flatten(1)  # (batch, features)
+        return hook
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = self.student(x)
+        if self.training:
+            with torch.no_grad():
+                self.teacher[0].to(x.device).eval()
+                self._features["teacher_logits"] = self.teacher[0](x)
+        return logits
+
+    def remove_hooks(self) -> nn.Module:
+        """Detach the feature hooks from student and teacher after training; returns the plain student."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+        self._features.clear()
+        return self.student
+
+    def hint_terms(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(regressed student feature, teacher feature, teacher logits) of the last training batch."""
+        f = self._features
+        return self.regressor(f["student"]), f["teacher"].detach(), f["teacher_logits"]
+
+
+class HintLoss(nn.Module):
+    """KD loss plus `beta` times the mean squared error between regressed student and teacher features."""
+
+    def __init__(self, hinted: HintedStudent, *, temperature: float = 4.0, alpha: float = 0.9, beta: float = 1.0):
+        super().__init__()
+        _check_temperature(temperature)
+        _check_alpha(alpha)
+        if isinstance(beta, bool) or not isinstance(beta, numbers.Real) or beta < 0:
+            raise ValueError(f"beta must be a number >= 0, got {beta!r}")
+        self.hinted = [hinted]
+        self.temperature, self.alpha, self.beta = temperature, alpha, beta
+
+    def forward(self, logits: torch.Tensor, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        student_feature, teacher_feature, teacher_logits = self.hinted[0].hint_terms()
+        kd = kd_loss(logits, teacher_logits, y, temperature=self.temperature, alpha=self.alpha)
+        return kd + self.beta * F.mse_loss(student_feature, teacher_feature)

@@ -1,0 +1,242 @@
+"""Parameter-efficient fine-tuning (参数高效微调): adapt a pretrained model by training few parameters.
+
+Every method here keeps the pretrained weights frozen and says which small set of tensors trains:
+the top k layers (`finetune_top_k`, k = 1 is a linear probe), the biases (`bitfit`), small bottleneck
+`Adapter`s after chosen layers (`add_adapters`), or a low-rank update of chosen weights (`LoRALinear`,
+`add_lora`). `trainable_report` counts what trains and what must be stored per task.
+The helpers change the model in place and also return it; `keep_trainable` names modules (usually the
+task head) that train in full alongside the method.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+# ---------------------------------------------------------------------------------------------------------
+# Finding layers by name
+
+
+def _named_modules(model: nn.Module) -> dict[str, nn.Module]:
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    return {name: m for name, m in model.named_modules() if name}
+
+
+def _lookup(model: nn.Module, names, *, kind: type | None = None, what: str = "layer") -> list[tuple[str, nn.Module]]:
+    """(name, module) for each name, or a ValueError listing the valid names (of `kind` if given)."""
+    if isinstance(names, str) or not isinstance(names, Sequence):
+        raise TypeError(f"layer names must be a list or tuple of strings, got {names!r}")
+    modules = _named_modules(model)
+    valid = [n for n, m in modules.items() if kind is None or type(m) is kind]
+    bad = [n for n in names if n not in valid]
+    if bad:
+        raise ValueError(f"no {what} named {bad} in {type(model).__name__}; valid names: {valid}")
+    return [(n, modules[n]) for n in names]
+
+
+def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, new)
+
+
+def freeze(model: nn.Module) -> nn.Module:
+    """Set requires_grad = False on every parameter."""
+    _named_modules(model)
+    return model.requires_grad_(False)
+
+
+def unfreeze(model: nn.Module, names: Sequence[str]) -> nn.Module:
+    """Make every parameter of the named modules trainable (e.g. the task head)."""
+    for _, module in _lookup(model, names, what="module"):
+        module.requires_grad_(True)
+    return model
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Top-k layers and BitFit
+
+
+def layers(model: nn.Module) -> list[str]:
+    """Names of the leaf modules that own parameters, in definition order (input side first)."""
+    return [n for n, m in _named_modules(model).items()
+            if not list(m.children()) and any(True for _ in m.parameters(recurse=False))]
+
+
+def finetune_top_k(model: nn.Module, k: int) -> nn.Module:
+    """Freeze everything but the last `k` parametrised layers (k = 1: a linear probe on the head)."""
+    names = layers(model)
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= len(names):
+        raise ValueError(f"k must be an int in [1, {len(names)}] (the model's parametrised layers: {names}), got {k!r}")
+    freeze(model)
+    return unfreeze(model, names[-k:])
+
+
+def bitfit(model: nn.Module, *, keep_trainable: Sequence[str] = ()) -> nn.Module:
+    """BitFit (Ben Zaken et al. 2022): train only the bias vectors (plus the modules in `keep_trainable`)."""
+    freeze(model)
+    for name, p in model.named_parameters():
+        if name.rsplit(".", 1)[-1] == "bias":
+            p.requires_grad_(True)
+    return unfreeze(model, keep_trainable)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# LoRA (Hu et al. 2021): W x + (alpha / r) * B A x, with W frozen, A (r, in) and B (out, r) trained
+
+
+def _check_rank_alpha(rank, alpha, in_features: int, out_features: int) -> None:
+    limit = min(in_features, out_features)
+    if isinstance(rank, bool) or not isinstance(rank, int) or not 1 <= rank <= limit:
+        raise ValueError(f"rank must be an int in [1, {limit}] for a {in_features} -> {out_features} layer "
+                         f"(a larger rank is no longer low-rank), got {rank!r}")
+    if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real) or not alpha > 0:
+        raise ValueError(f"alpha must be a number > 0, got {alpha!r}")
+
+
+class LoRALinear(nn.Module):
+    """A frozen `nn.Linear` plus a trainable low-rank update: y = base(x) + scaling * x A^T B^T.
+
+    A is initialised like an nn.Linear weight, B at zero, so at step 0 the layer equals its base exactly.
+    `scaling = alpha / rank` keeps the update's size comparable when the rank changes.
+    """
+
+    def __init__(self, base: nn.Linear, *, rank: int = 4, alpha: float = 8.0):
+        super().__init__()
+        if not isinstance(base, nn.Linear):
+            raise TypeError(f"base must be a torch.nn.Linear, got {type(base).__name__}")
+        _check_rank_alpha(rank, alpha, base.in_features, base.out_features)
+        self.base = base.requires_grad_(False)
+        self.rank, self.alpha, self.scaling = rank, alpha, alpha / rank
+        w = base.weight
+        self.lora_A = nn.Parameter(torch.empty(rank, base.in_features, device=w.device, dtype=w.dtype))
+        self.lora_B = nn.Parameter(torch.zeros(base.out_features, rank, device=w.device, dtype=w.dtype))
+        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))  # what nn.Linear does to its weight
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.base(x) + (x @ self.lora_A.T @ self.lora_B.T) * self.scaling  # (batch, out_features)
+
+    def delta_weight(self) -> torch.Tensor:
+        """The update scaling * B A, shaped like the base weight (out_features, in_features)."""
+        return self.scaling * self.lora_B @ self.lora_A
+
+    @torch.no_grad()
+    def merge(self) -> nn.Linear:
+        """A plain nn.Linear with weight W + scaling * B A: same outputs, no extra cost at inference."""
+        base = self.base
+        merged = nn.Linear(base.in_features, base.out_features, bias=base.bias is not None,
+                           device=base.weight.device, dtype=base.weight.dtype)
+        merged.weight.copy_(base.weight + self.delta_weight())
+        if base.bias is not None:
+            merged.bias.copy_(base.bias)
+        return merged
+
+    def extra_repr(self) -> str:
+        return f"rank={self.rank}, alpha={self.alpha:g}, scaling={self.scaling:g}"
+
+
+def add_lora(model: nn.Module, targets: Sequence[str], *, rank: int = 4, alpha: float = 8.0,
+             keep_trainable: Sequence[str] = ()) -> nn.Module:
+    """Freeze `model` and wrap each nn.Linear named in `targets` in a LoRALinear (in place)."""
+    found = _lookup(model, targets, kind=nn.Linear, what="nn.Linear")
+    freeze(model)
+    for name, linear in found:
+        _replace(model, name, LoRALinear(linear, rank=rank, alpha=alpha))
+    return unfreeze(model, keep_trainable)
+
+
+def merge_lora(model: nn.Module) -> nn.Module:
+    """Replace every LoRALinear in `model` by its merged nn.Linear (in place)."""
+    for name, module in list(_named_modules(model).items()):
+        if isinstance(module, LoRALinear):
+            _replace(model, name, module.merge())
+    return model
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Bottleneck adapters (Houlsby et al. 2019): h + up(relu(down(h))) after a frozen layer
+
+
+class Adapter(nn.Module):
+    """A residual bottleneck: h + up(relu(down(h))), with `up` at zero so it starts as the identity."""
+
+    def __init__(self, features: int, bottleneck: int = 16):
+        super().__init__()
+        if isinstance(bottleneck, bool) or not isinstance(bottleneck, int) or not 1 <= bottleneck <= features:
+            raise ValueError(f"bottleneck must be an int in [1, {features}], got {bottleneck!r}")
+        self.down = nn.Linear(features, bottleneck)
+        self.up = nn.Linear(bottleneck, features)
+        nn.init.zeros_(self.up.weight)
+        nn.init.zeros_(self.up.bias)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return h + self.up(torch.relu(self.down(h)))  # (batch, features)
+
+
+class WithAdapter(nn.Module):
+    """A frozen layer followed by a trainable Adapter on its output."""
+
+    def __init__(self, base: nn.Linear, bottleneck: int = 16):
+        super().__init__()
+        if not isinstance(base, nn.Linear):
+            raise TypeError(f"base must be a torch.nn.Linear, got {type(base).__name__}")
+        self.base = base.requires_grad_(False)
+        self.adapter = Adapter(base.out_features, bottleneck)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.adapter(self.base(x))
+
+
+def add_adapters(model: nn.Module, targets: Sequence[str], *, bottleneck: int = 16,
+                 keep_trainable: Sequence[str] = ()) -> nn.Module:
+    """Freeze `model` and put a bottleneck Adapter after each nn.Linear named in `targets` (in place)."""
+    found = _lookup(model, targets, kind=nn.Linear, what="nn.Linear")
+    freeze(model)
+    for name, linear in found:
+        _replace(model, name, WithAdapter(linear, bottleneck))
+    return unfreeze(model, keep_trainable)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# What trains, and what a task costs to store
+
+
+@dataclass
+class TrainableReport:
+    """Trainable vs total parameters of a model, and the bytes one fine-tuned task adds."""
+
+    trainable: int  # parameters with requires_grad
+    total: int  # all parameters, adapters and LoRA factors included
+    task_bytes: int  # bytes of the trainable tensors: what must be stored per task next to the shared model
+    by_name: dict[str, tuple[int, bool]] = field(default_factory=dict)  # name -> (numel, requires_grad)
+
+    @property
+    def fraction(self) -> float:
+        return self.trainable / self.total if self.total else 0.0
+
+    def __str__(self) -> str:
+        return (f"trainable params: {self.trainable:,} of {self.total:,} ({100 * self.fraction:.2f} %), "
+                f"{self.task_bytes:,} bytes per task")
+
+
+def trainable_report(model: nn.Module) -> TrainableReport:
+    """Count trainable and total parameters (each shared tensor once) and the per-task bytes."""
+    _named_modules(model)
+    by_name, seen = {}, set()
+    trainable = total = task_bytes = 0
+    for name, p in model.named_parameters():
+        if id(p) in seen:
+            continue
+        seen.add(id(p))
+        by_name[name] = (p.numel(), p.requires_grad)
+        total += p.numel()
+        if p.requires_grad:
+            trainable += p.numel()
+            task_bytes += p.numel() * p.element_size()
+    return TrainableReport(trainable=trainable, total=total, task_bytes=task_bytes, by_name=by_name)

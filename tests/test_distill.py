@@ -1,0 +1,136 @@
+"""lwkit.distill: the KD loss against its formula, the teacher cache, the training loop, bad inputs."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lwkit import data, distill, train
+
+
+def hand_kd(student, teacher, labels, T, alpha):
+    """The Hinton loss written out element by element, in float64."""
+    total = 0.0
+    for s_row, t_row, y in zip(student.tolist(), teacher.tolist(), labels.tolist()):
+        zs = [v / T for v in s_row]
+        zt = [v / T for v in t_row]
+        ls = math.log(sum(math.exp(v) for v in zs))
+        lt = math.log(sum(math.exp(v) for v in zt))
+        p_t = [math.exp(v - lt) for v in zt]
+        kl = sum(p * ((v - lt) - (u - ls)) for p, v, u in zip(p_t, zt, zs))  # sum p_t log(p_t / p_s)
+        ce = -(s_row[y] - math.log(sum(math.exp(v) for v in s_row)))
+        total += alpha * T * T * kl + (1 - alpha) * ce
+    return total / len(labels)
+
+
+def test_kd_loss_matches_hand_formula():
+    student = torch.tensor([[2.0, 0.5, -1.0], [0.1, 0.2, 0.3]])
+    teacher = torch.tensor([[3.0, 1.0, -2.0], [-1.0, 2.0, 0.0]])
+    labels = torch.tensor([0, 2])
+    for T, alpha in [(1.0, 0.5), (4.0, 0.9), (2.5, 1.0), (0.5, 0.3)]:
+        got = distill.kd_loss(student, teacher, labels, temperature=T, alpha=alpha).item()
+        assert got == pytest.approx(hand_kd(student, teacher, labels, T, alpha), rel=1e-5)
+
+
+def test_kd_loss_alpha_zero_is_cross_entropy():
+    torch.manual_seed(0)
+    s, t, y = torch.randn(8, 10), torch.randn(8, 10), torch.randint(0, 10, (8,))
+    assert torch.allclose(distill.kd_loss(s, t, y, temperature=3.0, alpha=0.0), F.cross_entropy(s, y))
+
+
+def test_kd_loss_soft_term_is_zero_when_student_equals_teacher():
+    torch.manual_seed(0)
+    t = torch.randn(4, 5)
+    loss = distill.kd_loss(t.clone(), t, torch.zeros(4, dtype=torch.long), temperature=2.0, alpha=1.0)
+    assert loss.item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_kd_loss_gradient_only_reaches_the_student():
+    s = torch.randn(4, 3, requires_grad=True)
+    t = torch.randn(4, 3, requires_grad=True)
+    distill.kd_loss(s, t, torch.tensor([0, 1, 2, 0])).backward()
+    assert s.grad is not None and t.grad is None
+
+
+def test_soft_targets_flatten_with_temperature():
+    logits = torch.tensor([[4.0, 1.0, 0.0]])
+    p1, p10 = distill.soft_targets(logits, 1.0), distill.soft_targets(logits, 10.0)
+    assert torch.allclose(p1, torch.softmax(logits, 1))
+    assert p10.max() < p1.max() and p10.min() > p1.min()
+
+
+def test_kd_module_runs_the_teacher():
+    torch.manual_seed(0)
+    teacher, x, y = nn.Linear(6, 3), torch.randn(5, 6), torch.tensor([0, 1, 2, 1, 0])
+    logits = torch.randn(5, 3)
+    loss = distill.KDLoss(teacher, temperature=2.0, alpha=0.7)(logits, y, x)
+    expected = distill.kd_loss(logits, teacher(x), y, temperature=2.0, alpha=0.7)
+    assert torch.allclose(loss, expected)
+
+
+def test_cached_teacher_equals_teacher_on_seen_and_new_rows():
+    torch.manual_seed(0)
+    teacher = nn.Sequential(nn.Flatten(), nn.Linear(12, 4))
+    inputs = torch.randn(50, 3, 4)
+    cached = distill.CachedTeacher(teacher, inputs, batch_size=16)
+    batch = torch.cat([inputs[[7, 3, 49]], torch.randn(2, 3, 4), inputs[:1]])  # seen, new, seen
+    with torch.no_grad():
+        assert torch.allclose(cached(batch), teacher(batch), atol=1e-6)
+
+
+def test_distill_trains_a_student_with_fit():
+    train.seed_everything(0)
+    x = torch.randn(64, 1, 4, 4)
+    y = (x.flatten(1).sum(1) > 0).long()
+    teacher = nn.Sequential(nn.Flatten(), nn.Linear(16, 2))
+    student = nn.Sequential(nn.Flatten(), nn.Linear(16, 2))
+    loader = data.BatchLoader(x, y, batch_size=16, shuffle=True)
+    history = distill.distill(student, distill.CachedTeacher(teacher, x), loader, temperature=2.0, alpha=0.5,
+                              epochs=2, lr=1e-2, progress=False, device="cpu")
+    assert len(history.loss) == 2 and all(math.isfinite(v) for v in history.loss)
+    assert all(p.requires_grad for p in student.parameters())
+    assert not any(p.requires_grad for p in teacher.parameters())
+
+
+def test_hint_loss_trains_student_and_regressor():
+    train.seed_everything(0)
+    x = torch.randn(32, 1, 4, 4)
+    y = torch.randint(0, 3, (32,))
+    teacher = nn.Sequential(nn.Flatten(), nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 3))
+    student = nn.Sequential(nn.Flatten(), nn.Linear(16, 2), nn.ReLU(), nn.Linear(2, 3))
+    hinted = distill.HintedStudent(student, teacher, x, student_layer="1", teacher_layer="1")
+    assert hinted.regressor.in_features == 2 and hinted.regressor.out_features == 8
+    before = hinted.regressor.weight.detach().clone()
+    loader = data.BatchLoader(x, y, batch_size=8, shuffle=True)
+    train.fit(hinted, loader, epochs=1, lr=1e-2, loss_fn=distill.HintLoss(hinted, beta=0.5), progress=False,
+              device="cpu")
+    assert not torch.equal(before, hinted.regressor.weight)
+    assert hinted(x).shape == (32, 3)
+    plain = hinted.remove_hooks()
+    assert plain is student and not student[1]._forward_hooks and not teacher[1]._forward_hooks
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"temperature": 0}, "temperature"), ({"temperature": -1.0}, "temperature"),
+    ({"alpha": 1.5}, "alpha"), ({"alpha": -0.1}, "alpha"), ({"alpha": True}, "alpha"),
+])
+def test_bad_inputs(kwargs, match):
+    s, t, y = torch.randn(2, 3), torch.randn(2, 3), torch.tensor([0, 1])
+    with pytest.raises(ValueError, match=match):
+        distill.kd_loss(s, t, y, **kwargs)
+    with pytest.raises(ValueError, match=match):
+        distill.KDLoss(nn.Linear(3, 3), **kwargs)
+
+
+def test_bad_shapes_and_layer_names():
+    with pytest.raises(ValueError, match="same shape"):
+        distill.kd_loss(torch.randn(2, 3), torch.randn(2, 4), torch.tensor([0, 1]))
+    with pytest.raises(TypeError, match="teacher"):
+        distill.KDLoss("not a model")
+    model = nn.Sequential(nn.Flatten(), nn.Linear(4, 2))
+    with pytest.raises(ValueError, match="valid names"):
+        distill.HintedStudent(model, model, torch.randn(2, 4), student_layer="fc9", teacher_layer="1")
+    with pytest.raises(TypeError, match="loss_fn"):
+        distill.distill(model, model, [(torch.randn(2, 4), torch.tensor([0, 1]))], loss_fn=None)
