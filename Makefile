@@ -6,7 +6,6 @@ STAMP  := $(VENV)/.lwkit-installed
 # Same thread count everywhere so timings and results reproduce.
 export OMP_NUM_THREADS ?= 2
 export PYTHONHASHSEED := 0
-export MPLBACKEND := Agg
 
 .PHONY: setup run test lint unit nbtest lab student clean
 
