@@ -45,14 +45,19 @@ def test_eager_static_int8_close_to_fp32_and_smaller(cnn_and_data):
     assert int8.saved_size_bytes(net) / int8.saved_size_bytes(q) > 3
 
 
-def test_eager_dynamic_int8_close_to_fp32():
+@pytest.mark.parametrize("convert", [
+    int8.eager_dynamic_int8,
+    pytest.param(int8.torchao_dynamic_int8, marks=needs_torchao),
+], ids=["eager_dynamic_int8", "torchao_dynamic_int8"])
+def test_dynamic_int8_mlp_close_to_fp32(convert):
     torch.manual_seed(0)
     mlp = models.LeNet300100().eval()
     x = torch.randn(16, 1, 28, 28)
-    q = int8.eager_dynamic_int8(mlp)
+    q = convert(mlp)
     with torch.no_grad():
         assert _close(q(x), mlp(x), 0.05)
-    assert int8.saved_size_bytes(mlp) / int8.saved_size_bytes(q) > 3.5
+    if convert is int8.eager_dynamic_int8:
+        assert int8.saved_size_bytes(mlp) / int8.saved_size_bytes(q) > 3.5
 
 
 def test_no_deprecation_warnings_leak():
@@ -69,16 +74,6 @@ def test_pt2e_static_int8_close_to_fp32(cnn_and_data):
         assert _close(q(x), net(x), 0.1)
         assert q(x[:5]).shape == (5, 10), "exported with a dynamic batch size"
     assert int8.saved_size_bytes(net) / int8.saved_size_bytes(q) > 3
-
-
-@needs_torchao
-def test_torchao_dynamic_int8_close_to_fp32():
-    torch.manual_seed(0)
-    mlp = models.LeNet300100().eval()
-    x = torch.randn(16, 1, 28, 28)
-    q = int8.torchao_dynamic_int8(mlp)
-    with torch.no_grad():
-        assert _close(q(x), mlp(x), 0.05)
 
 
 def test_autocast_bf16():

@@ -32,12 +32,17 @@ def test_hand_example():
     assert z_sym.item() == 0 and s_sym.item() == pytest.approx(2 / 127.5)
 
 
+def roundtrip(x, bits, symmetric, axis=None):
+    """lwkit's choose_qparams -> quantize -> dequantize, with the qparams and integer range it used."""
+    scale, zp = quant.choose_qparams(x, bits=bits, symmetric=symmetric, axis=axis)
+    qmin, qmax = quant.qrange(bits, symmetric)
+    return quant.dequantize(quant.quantize(x, scale, zp, qmin, qmax), scale, zp), scale, zp, qmin, qmax
+
+
 @settings(max_examples=150, deadline=None)
 @given(tensors, bits_st, st.booleans())
 def test_matches_torch_per_tensor(x, bits, symmetric):
-    scale, zp = quant.choose_qparams(x, bits=bits, symmetric=symmetric)
-    qmin, qmax = quant.qrange(bits, symmetric)
-    ours = quant.dequantize(quant.quantize(x, scale, zp, qmin, qmax), scale, zp)
+    ours, scale, zp, qmin, qmax = roundtrip(x, bits, symmetric)
     ref = torch.fake_quantize_per_tensor_affine(x, scale.item(), int(zp), qmin, qmax)
     assert torch.equal(ours, ref)
 
@@ -48,9 +53,7 @@ def test_matches_torch_per_channel(rows, cols, bits, symmetric, seed):
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(rows, cols, generator=g) * torch.rand(rows, 1, generator=g) * 10
     for axis in (0, 1):
-        scale, zp = quant.choose_qparams(x, bits=bits, symmetric=symmetric, axis=axis)
-        qmin, qmax = quant.qrange(bits, symmetric)
-        ours = quant.dequantize(quant.quantize(x, scale, zp, qmin, qmax), scale, zp)
+        ours, scale, zp, qmin, qmax = roundtrip(x, bits, symmetric, axis)
         ref = torch.fake_quantize_per_channel_affine(x, scale.flatten(), zp.flatten().int(), axis, qmin, qmax)
         assert torch.equal(ours, ref)
 
@@ -75,9 +78,7 @@ def test_choose_qparams_matches_torch_ao_observer():
 @settings(max_examples=150, deadline=None)
 @given(tensors, bits_st, st.booleans())
 def test_error_at_most_half_a_step(x, bits, symmetric):
-    scale, zp = quant.choose_qparams(x, bits=bits, symmetric=symmetric)
-    qmin, qmax = quant.qrange(bits, symmetric)
-    x_hat = quant.dequantize(quant.quantize(x, scale, zp, qmin, qmax), scale, zp)
+    x_hat, scale, *_ = roundtrip(x, bits, symmetric)
     # min-max covers the whole tensor: only rounding error (plus float slack), except at the symmetric top
     # where max|x| maps to qmax + 0.5 and is clipped by another half step
     limit = scale * (1.0 if symmetric else 0.5) * (1 + 1e-4) + 1e-6 * x.abs().max()
