@@ -7,15 +7,18 @@ STAMP  := $(VENV)/.lwkit-installed
 export OMP_NUM_THREADS ?= 2
 export PYTHONHASHSEED := 0
 
-.PHONY: setup run test lint unit nbtest lab student clean
+.PHONY: setup run test lint unit nbtest test-browser lab student clean
+LAB_SETTINGS := $(VENV)/share/jupyter/lab/settings
 
 setup: $(STAMP)
 
 # Installs only when pyproject.toml changed or the venv is missing: a second call is a no-op.
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml jupyter/overrides.json
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	# JupyterLab settings for the course (no news prompt, no update check): overrides.json in the venv.
+	mkdir -p $(LAB_SETTINGS) && cp jupyter/overrides.json $(LAB_SETTINGS)/overrides.json
 	touch $(STAMP)
 
 run: setup
@@ -31,6 +34,11 @@ nbtest: setup
 	LWKIT_HEADLESS=1 $(BIN)/python -m pytest -q --nbval-lax --nbval-cell-timeout=600 notebooks
 
 test: lint unit nbtest
+
+# Every widget driven in a real JupyterLab in Debian's chromium (apt-get install chromium); screenshots in
+# build/browser/. .ci/run runs it after `make test`.
+test-browser: setup
+	LWKIT_BROWSER=1 $(BIN)/python -m pytest -q tests/browser
 
 lab: setup
 	$(BIN)/jupyter lab notebooks
