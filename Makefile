@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.lwkit-installed
 export OMP_NUM_THREADS ?= 2
 export PYTHONHASHSEED := 0
 
-.PHONY: setup run test lint unit nbtest test-browser lab student clean
+.PHONY: setup run test lint unit nbtest test-browser lab student guide site kit test-kit clean
 LAB_SETTINGS := $(VENV)/share/jupyter/lab/settings
 
 setup: $(STAMP)
@@ -45,6 +45,22 @@ lab: setup
 
 student: setup
 	$(BIN)/python -m lwkit.course student student
+
+# docs/instructor-guide.md from the notebooks and build/results.json (run `make run` first for your timings).
+guide: setup
+	$(BIN)/python -m lwkit.course guide
+
+# A static HTML site of the executed notebooks in build/ (after `make run`): build/site/index.html.
+site: setup
+	$(BIN)/python -m lwkit.site
+
+# Offline install kit in build/kit (wheels of the locked set, the course, install.sh); test-kit installs it
+# with the network unreachable and runs notebook 00 (slow: not part of `make test`).
+kit: setup
+	bash scripts/make_kit.sh build/kit
+
+test-kit: setup
+	bash scripts/test_kit.sh
 
 clean:
 	rm -rf build student
