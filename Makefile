@@ -31,7 +31,7 @@ unit: setup
 	$(BIN)/python -m pytest -q tests
 
 nbtest: setup
-	LWKIT_HEADLESS=1 $(BIN)/python -m pytest -q --nbval-lax --nbval-cell-timeout=600 notebooks
+	LWKIT_HEADLESS=1 $(BIN)/python -m pytest -q --nbval-lax --nbval-cell-timeout=600 notebooks/*.ipynb
 
 test: lint unit nbtest
 
@@ -44,7 +44,7 @@ lab: setup
 	$(BIN)/jupyter lab notebooks
 
 student: setup
-	$(BIN)/python -m lwkit.course student student
+	$(BIN)/python -m lwkit.course student student $(if $(FORCE),--force)
 
 # docs/instructor-guide.md from the notebooks and build/results.json (run `make run` first for your timings).
 guide: setup

@@ -76,7 +76,7 @@ def notebook_info(path: str | Path, results: dict | None = None) -> NotebookInfo
                 info.objectives[-1] += " " + line.strip()
     m = READ_TIME.search(first)
     info.read_minutes = int(m.group(1)) if m else None
-    for i, cell in enumerate(cells):
+    for cell in cells:
         text = _source(cell)
         if cell.get("cell_type") != "markdown":
             continue

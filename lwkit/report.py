@@ -13,6 +13,8 @@ import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+__all__ = ["RECORDS_ENV", "NOTEBOOK_ENV", "Record", "record", "read_records"]
+
 RECORDS_ENV = "LWKIT_RECORDS"
 NOTEBOOK_ENV = "LWKIT_NOTEBOOK"
 
@@ -21,39 +23,99 @@ NOTEBOOK_ENV = "LWKIT_NOTEBOOK"
 class Record:
     notebook: str  # notebook name without .ipynb ('' outside a run)
     key: str  # dotted name, e.g. 'baseline.mlp.test_accuracy'
-    value: float
+    value: float  # may be nan or inf: then `ok` is False
     expected: list[float] | None  # [lo, hi], inclusive, or None for "report only"
-    ok: bool  # value inside expected (True when there is no range)
+    ok: bool  # value finite and inside expected (True for a finite value with no range)
+
+
+def _scalar(v):
+    """A 0-d tensor or numpy value as a Python number; anything else unchanged (and rejected by the caller)."""
+    if hasattr(v, "item") and not isinstance(v, numbers.Real):
+        try:
+            return v.item()
+        except (ValueError, RuntimeError):  # more than one element
+            return v
+    return v
+
+
+def _check_expected(key: str, expected) -> list[float] | None:
+    if expected is None:
+        return None
+    if not isinstance(expected, (tuple, list)):
+        raise TypeError(f"expected for {key!r} must be a (lo, hi) pair or None, got {expected!r}")
+    if len(expected) != 2:
+        raise ValueError(f"expected for {key!r} must be a (lo, hi) pair, got {len(expected)} values: {expected!r}")
+    bounds = [_scalar(v) for v in expected]
+    if any(isinstance(v, bool) or not isinstance(v, numbers.Real) for v in bounds):
+        raise TypeError(f"expected for {key!r} must hold two real numbers, got {expected!r}")
+    if not all(math.isfinite(v) for v in bounds):
+        raise ValueError(f"expected for {key!r} must hold finite numbers (a range nothing can fall outside "
+                         f"checks nothing), got {expected!r}")
+    if bounds[0] > bounds[1]:
+        raise ValueError(f"expected for {key!r} must be (lo, hi) with lo <= hi, got {expected!r}")
+    return [float(bounds[0]), float(bounds[1])]
 
 
 def record(key: str, value, *, expected: tuple[float, float] | None = None, quiet: bool = False) -> Record:
-    """Record a headline number with the range it should fall in on a course machine."""
-    if not isinstance(key, str) or not key.strip():
-        raise ValueError(f"key must be a non-empty string, got {key!r}")
-    if hasattr(value, "item"):  # a 0-d tensor or numpy scalar
-        value = value.item()
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
-        raise TypeError(f"value for {key!r} must be a finite real number, got {value!r}")
-    if expected is not None:
-        if (not isinstance(expected, (tuple, list)) or len(expected) != 2
-                or not all(isinstance(v, numbers.Real) for v in expected) or expected[0] > expected[1]):
-            raise ValueError(f"expected must be a (lo, hi) pair with lo <= hi, got {expected!r}")
-        expected = [float(expected[0]), float(expected[1])]
-    ok = expected is None or expected[0] <= value <= expected[1]
-    rec = Record(notebook=os.environ.get(NOTEBOOK_ENV, ""), key=key, value=float(value), expected=expected, ok=ok)
+    """Record a headline number with the range it should fall in on a course machine.
+
+    A nan or inf value is recorded but never ok: it is in no range, so the run reports it.
+    """
+    if not isinstance(key, str):
+        raise TypeError(f"key must be a non-empty str such as 'baseline.mlp.test_accuracy', got {key!r}")
+    if not key.strip():
+        raise ValueError(f"key must be a non-empty str such as 'baseline.mlp.test_accuracy', got {key!r}")
+    value = _scalar(value)  # a 0-d tensor or numpy array
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        shape = f" of shape {tuple(value.shape)}" if hasattr(value, "shape") else ""
+        raise TypeError(f"value for {key!r} must be one real number, got {type(value).__name__}{shape}: "
+                        f"{str(value)[:80]}")
+    expected = _check_expected(key, expected)
+    value = float(value)
+    finite = math.isfinite(value)
+    ok = finite and (expected is None or expected[0] <= value <= expected[1])
+    rec = Record(notebook=os.environ.get(NOTEBOOK_ENV, ""), key=key, value=value, expected=expected, ok=ok)
     path = os.environ.get(RECORDS_ENV)
     if path:
         with open(path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(asdict(rec)) + "\n")
+            f.write(json.dumps(asdict(rec)) + "\n")  # one write per line: a crash loses at most this record
     if not quiet:
         rng = f"expected [{expected[0]:.4g}, {expected[1]:.4g}]" if expected else "no range"
-        print(f"recorded {key} = {value:.4g} ({rng}){'' if ok else '  <-- OUTSIDE THE EXPECTED RANGE'}")
+        flag = "" if ok else ("  <-- NOT A FINITE NUMBER" if not finite else "  <-- OUTSIDE THE EXPECTED RANGE")
+        print(f"recorded {key} = {value:.4g} ({rng}){flag}")
     return rec
 
 
+def _record_from(obj, where: str) -> Record:
+    fields = {"notebook": str, "key": str, "value": numbers.Real, "expected": (list, type(None)), "ok": bool}
+    if not isinstance(obj, dict) or set(obj) != set(fields):
+        raise ValueError(f"{where}: expected an object with keys {sorted(fields)}, got {str(obj)[:200]}")
+    for name, kind in fields.items():
+        if not isinstance(obj[name], kind) or (name == "value" and isinstance(obj[name], bool)):
+            raise ValueError(f"{where}: field {name!r} has the wrong type: {obj[name]!r}")
+    return Record(**obj)
+
+
 def read_records(path: str | Path) -> list[Record]:
-    """Records from a JSON-lines file written by `record`."""
+    """Records from a JSON-lines file written by `record` ([] if the file does not exist).
+
+    A corrupted or truncated file raises ValueError naming the file and line.
+    """
     path = Path(path)
     if not path.exists():
         return []
-    return [Record(**json.loads(line)) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"records file {path} is unreadable ({type(exc).__name__}: {exc})") from exc
+    records = []
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        where = f"records file {path}, line {n}"
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{where} is corrupted or truncated ({exc.msg}): {line[:200]!r}") from exc
+        records.append(_record_from(obj, where))
+    return records
