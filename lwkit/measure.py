@@ -1,12 +1,13 @@
 """What compression changes, measured: parameters, multiply-accumulates, bytes on disk, wall-clock latency.
 
-MACs are counted, latency is measured; a MAC ratio is never a speedup until the clock agrees.
+MACs are counted (lwkit.macs, re-exported here), latency is measured; a MAC ratio is never a speedup until
+the clock agrees.
 """
 
 from __future__ import annotations
 
-import html
 import math
+import numbers
 import os
 import statistics
 import tempfile
@@ -15,7 +16,17 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
-from torch.utils._python_dispatch import TorchDispatchMode
+
+from lwkit.compare import COLUMNS as COLUMNS  # re-exported: lwkit.measure.Comparison keeps working
+from lwkit.compare import Comparison as Comparison
+from lwkit.compare import format_bytes as format_bytes
+from lwkit.macs import MAC_RULES as MAC_RULES  # re-exported: lwkit.measure.count_macs keeps working
+from lwkit.macs import MacCounter as MacCounter
+from lwkit.macs import _call, _check_example_input, _input_values
+from lwkit.macs import count_macs as count_macs
+
+__all__ = ["Latency", "compare", "count_params", "cpu_flags", "default_threads", "environment",
+           "measure_latency", "model_size_bytes"]
 
 
 def _check_model(model) -> None:
@@ -23,14 +34,28 @@ def _check_model(model) -> None:
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
 
 
+def _check_int(name: str, value, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+
+
+def _check_bool(name: str, value) -> None:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+
+
 def count_params(model: nn.Module, *, trainable_only: bool = False, nonzero_only: bool = False) -> int:
     """Number of parameters (each shared tensor counted once); optionally only trainable or nonzero ones."""
     _check_model(model)
+    _check_bool("trainable_only", trainable_only)
+    _check_bool("nonzero_only", nonzero_only)
     seen, total = set(), 0
-    for p in model.parameters():
+    for name, p in model.named_parameters():
         if id(p) in seen or (trainable_only and not p.requires_grad):
             continue
         seen.add(id(p))
+        if nonzero_only and p.is_meta:
+            raise ValueError(f"nonzero_only=True needs real weights, but parameter {name!r} is on the meta device")
         if p.layout != torch.strided:  # sparse CSR/COO: only stored values can be nonzero
             values = p.values()
             total += int(torch.count_nonzero(values).item()) if nonzero_only else p.numel()
@@ -40,96 +65,23 @@ def count_params(model: nn.Module, *, trainable_only: bool = False, nonzero_only
 
 
 # ---------------------------------------------------------------------------------------------------------
-# MACs: one multiply-accumulate = one multiply and one add. FLOPs ~ 2 x MACs.
-
-aten = torch.ops.aten
-
-
-def _numel(shape) -> int:
-    return math.prod(int(s) for s in shape)
-
-
-def _mm_macs(args, out) -> int:  # (m, k) @ (k, n)
-    return _numel(args[0].shape) * args[1].shape[-1]
-
-
-def _addmm_macs(args, out) -> int:  # bias + (m, k) @ (k, n)
-    return _numel(args[1].shape) * args[2].shape[-1]
-
-
-def _bmm_macs(args, out) -> int:  # (b, m, k) @ (b, k, n)
-    return _numel(args[0].shape) * args[1].shape[-1]
-
-
-def _baddbmm_macs(args, out) -> int:
-    return _numel(args[1].shape) * args[2].shape[-1]
-
-
-def _conv_macs(args, out) -> int:
-    # Each output (or, transposed, each input) element needs (in_channels / groups) * kh * kw MACs
-    # per output channel it feeds. weight: (out, in/groups, kh, kw), transposed: (in, out/groups, kh, kw).
-    x, weight, transposed = args[0], args[1], args[6]
-    if transposed:
-        return _numel(x.shape) * _numel(weight.shape[1:])
-    return _numel(out.shape) * _numel(weight.shape[1:])
-
-
-def _sdpa_macs(args, out) -> int:
-    # softmax(q k^T) v: (b, h, s, d) x (b, h, t, d) -> s*t*d for the scores and s*t*d_v for the mix.
-    q, k, v = args[0], args[1], args[2]
-    b_h_s = _numel(q.shape[:-1])
-    return b_h_s * k.shape[-2] * q.shape[-1] + b_h_s * k.shape[-2] * v.shape[-1]
-
-
-MAC_RULES = {
-    aten.mm: _mm_macs,
-    aten.addmm: _addmm_macs,
-    aten.bmm: _bmm_macs,
-    aten.baddbmm: _baddbmm_macs,
-    aten.convolution: _conv_macs,
-    aten._scaled_dot_product_flash_attention_for_cpu: _sdpa_macs,
-    aten._scaled_dot_product_efficient_attention: _sdpa_macs,
-    aten._scaled_dot_product_flash_attention: _sdpa_macs,
-}
-
-
-class MacCounter(TorchDispatchMode):
-    """Counts MACs of every matmul and convolution that runs inside it, whatever module issued it."""
-
-    def __init__(self):
-        super().__init__()
-        self.macs = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        rule = MAC_RULES.get(func.overloadpacket)
-        if rule is not None:
-            self.macs += int(rule(args, out if isinstance(out, torch.Tensor) else out[0]))
-        return out
-
-
-def count_macs(model: nn.Module, example_input) -> int:
-    """Multiply-accumulates of one forward pass on `example_input` (a tensor, or a tuple of inputs).
-
-    Counts conv (any groups, transposed too), linear/matmul/bmm and scaled-dot-product attention at the
-    ATen level, so functional calls inside `forward` count as well. Element-wise ops, norms and pooling
-    are not counted (they are memory-bound, not MAC-bound); quantized kernels are not counted.
-    """
-    _check_model(model)
-    inputs = example_input if isinstance(example_input, tuple) else (example_input,)
-    if not all(isinstance(x, torch.Tensor) for x in inputs):
-        raise TypeError(f"example_input must be a tensor or a tuple of tensors, got {type(example_input).__name__}")
-    was_training = model.training
-    model.eval()
-    counter = MacCounter()
-    with torch.no_grad(), counter:
-        model(*inputs)
-    model.train(was_training)
-    return counter.macs
-
-
-# ---------------------------------------------------------------------------------------------------------
 # Bytes
+
+_STATE_LEAVES = (torch.Tensor, int, float, bool, str, type(None), torch.dtype, torch.Size)
+
+
+def _check_state(value, where: str) -> None:
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise TypeError(f"model (a state_dict) must have str keys, got {key!r} in {where}")
+            _check_state(item, f"{where}[{key!r}]")
+    elif isinstance(value, list | tuple):
+        for i, item in enumerate(value):
+            _check_state(item, f"{where}[{i}]")
+    elif not isinstance(value, _STATE_LEAVES):
+        raise TypeError(f"model (a state_dict) must hold tensors, got a {type(value).__name__} at {where}; "
+                        "pass the module itself or module.state_dict()")
 
 
 def model_size_bytes(model: nn.Module | dict) -> int:
@@ -141,6 +93,7 @@ def model_size_bytes(model: nn.Module | dict) -> int:
     if isinstance(model, nn.Module):
         state = model.state_dict()
     elif isinstance(model, dict):
+        _check_state(model, "model")
         state = model
     else:
         raise TypeError(f"model must be an nn.Module or a state_dict, got {type(model).__name__}")
@@ -157,7 +110,10 @@ def model_size_bytes(model: nn.Module | dict) -> int:
 def default_threads() -> int:
     """Threads used for timing unless told otherwise: $LWKIT_THREADS, else min(2, CPU count)."""
     if "LWKIT_THREADS" in os.environ:
-        return int(os.environ["LWKIT_THREADS"])
+        value = os.environ["LWKIT_THREADS"]
+        if not value.strip().isdigit() or int(value) < 1:
+            raise ValueError(f"the environment variable LWKIT_THREADS must be a positive int, got {value!r}")
+        return int(value)
     return min(2, os.cpu_count() or 1)
 
 
@@ -176,6 +132,14 @@ class Latency:
     device: str
     samples_ms: list[float] = field(repr=False, default_factory=list)
 
+    def __post_init__(self):
+        for name in ("median_ms", "q25_ms", "q75_ms", "min_ms"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value >= 0:
+                raise ValueError(f"{name} must be a time in ms >= 0, got {value!r}")
+        for name, minimum in (("threads", 1), ("batch_size", 1), ("repeats", 1), ("warmup", 0)):
+            _check_int(name, getattr(self, name), minimum)
+
     @property
     def iqr_ms(self) -> float:
         return self.q75_ms - self.q25_ms
@@ -185,153 +149,85 @@ class Latency:
                 f"batch {self.batch_size}, {self.threads} threads, {self.device}, {self.repeats} runs")
 
 
+def _batch_size(example_input) -> int:
+    """Length of the first dimension of the first input: the batch that is timed or counted."""
+    first = _input_values(example_input)[0]
+    if first.dim() == 0 or first.shape[0] == 0:
+        raise ValueError(f"example_input must be a batch with at least one example along dim 0, "
+                         f"got a tensor of shape {tuple(first.shape)}")
+    return int(first.shape[0])
+
+
+def _check_timing(warmup, repeats, threads) -> int:
+    _check_int("warmup", warmup, 0)
+    _check_int("repeats", repeats, 1)
+    threads = default_threads() if threads is None else threads
+    _check_int("threads", threads, 1)
+    return int(threads)
+
+
 def measure_latency(model: nn.Module, example_input, *, warmup: int = 10, repeats: int = 50,
                     threads: int | None = None) -> Latency:
-    """Time `model(example_input)` under inference mode with a fixed thread count (restored afterwards)."""
+    """Time `model(example_input)` under inference mode with a fixed thread count.
+
+    The thread count and the model's train/eval mode are restored afterwards, even on an error.
+    """
     if not callable(model):
         raise TypeError(f"model must be callable (an nn.Module or compiled model), got {type(model).__name__}")
-    inputs = example_input if isinstance(example_input, tuple) else (example_input,)
-    if not all(isinstance(x, torch.Tensor) for x in inputs):
-        raise TypeError(f"example_input must be a tensor or a tuple of tensors, got {type(example_input).__name__}")
-    if not isinstance(warmup, int) or warmup < 0:
-        raise ValueError(f"warmup must be an int >= 0, got {warmup!r}")
-    if not isinstance(repeats, int) or repeats < 1:
-        raise ValueError(f"repeats must be an int >= 1, got {repeats!r}")
-    threads = default_threads() if threads is None else threads
-    if not isinstance(threads, int) or threads < 1:
-        raise ValueError(f"threads must be a positive int, got {threads!r}")
-    device = inputs[0].device
+    _check_example_input(example_input)
+    batch_size = _batch_size(example_input)
+    threads = _check_timing(warmup, repeats, threads)
+    device = _input_values(example_input)[0].device
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    if isinstance(model, nn.Module):
-        model.eval()
+
+    was_training = model.training if isinstance(model, nn.Module) else None
     previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
     samples = []
     try:
+        if isinstance(model, nn.Module):
+            model.eval()
+        torch.set_num_threads(threads)
         with torch.inference_mode():
             for _ in range(warmup):
-                model(*inputs)
+                _call(model, example_input)
             sync()
             for _ in range(repeats):
                 start = time.perf_counter()
-                model(*inputs)
+                _call(model, example_input)
                 sync()
                 samples.append((time.perf_counter() - start) * 1e3)
     finally:
         torch.set_num_threads(previous)
-    q = statistics.quantiles(samples, n=4) if len(samples) > 1 else [samples[0]] * 3
+        if was_training is not None:
+            model.train(was_training)
+    # "inclusive": percentiles within the samples (numpy's default); "exclusive" extrapolates below the minimum
+    q = statistics.quantiles(samples, n=4, method="inclusive") if len(samples) > 1 else [samples[0]] * 3
     return Latency(median_ms=statistics.median(samples), q25_ms=q[0], q75_ms=q[2], min_ms=min(samples),
-                   threads=threads, batch_size=int(inputs[0].shape[0]), repeats=repeats, warmup=warmup,
+                   threads=threads, batch_size=batch_size, repeats=repeats, warmup=warmup,
                    device=str(device), samples_ms=samples)
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Side-by-side comparison
-
-COLUMNS = [  # (key, header, format)
-    ("params", "params", "{:,}"),
-    ("nonzero", "nonzero params", "{:,}"),
-    ("macs", "MACs", "{:,}"),
-    ("size_bytes", "size on disk", None),
-    ("latency_ms", "latency ms (IQR)", None),
-    ("accuracy", "accuracy", "{:.2%}"),
-    ("macs_ratio", "MACs ratio", "{:.2f}x"),
-    ("size_ratio", "size ratio", "{:.2f}x"),
-    ("speedup", "measured speedup", "{:.2f}x"),
-    ("acc_delta_pp", "Δ acc (pts)", "{:+.2f}"),
-]
+# Side-by-side comparison (the table itself lives in lwkit.compare)
 
 
-def format_bytes(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1024 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)
-
-
-@dataclass
-class Comparison:
-    """Rows of measurements, one per model, with ratios to a baseline row. Renders as a table."""
-
-    rows: list[dict]
-    baseline: str
-    threads: int | None = None
-    batch_size: int | None = None
-
-    def row(self, name: str) -> dict:
-        for r in self.rows:
-            if r["name"] == name:
-                return r
-        raise KeyError(f"no row named {name!r}; rows: {[r['name'] for r in self.rows]}")
-
-    def _cell(self, r: dict, key: str, fmt: str | None) -> str:
-        value = r.get(key)
-        if value is None:
-            return "–"
-        if key == "size_bytes":
-            return format_bytes(value)
-        if key == "latency_ms":
-            return f"{value:.3f} ({r.get('latency_iqr_ms', 0):.3f})"
-        return fmt.format(value)
-
-    def _columns(self):
-        return [c for c in COLUMNS if any(r.get(c[0]) is not None for r in self.rows)]
-
-    def caption(self) -> str:
-        parts = [f"ratios are baseline / model (higher = smaller or faster), baseline: {self.baseline}"]
-        if self.threads:
-            parts.append(f"latency: median of timed runs, batch {self.batch_size}, {self.threads} threads")
-        return "; ".join(parts)
-
-    def __str__(self) -> str:
-        cols = self._columns()
-        table = [["model"] + [c[1] for c in cols]]
-        table += [[r["name"]] + [self._cell(r, k, f) for k, _, f in cols] for r in self.rows]
-        widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
-        lines = ["  ".join(cell.rjust(w) if i else cell.ljust(w) for i, (cell, w) in enumerate(zip(row, widths)))
-                 for row in table]
-        lines.insert(1, "-" * len(lines[0]))
-        return "\n".join(lines + [self.caption()])
-
-    __repr__ = __str__
-
-    def _repr_html_(self) -> str:
-        cols = self._columns()
-        head = "".join(f"<th>{html.escape(h)}</th>" for _, h, _ in cols)
-        body = "".join(
-            "<tr><td style='text-align:left'><b>" + html.escape(r["name"]) + "</b></td>"
-            + "".join(f"<td>{html.escape(self._cell(r, k, f))}</td>" for k, _, f in cols) + "</tr>"
-            for r in self.rows
-        )
-        return (f"<table><thead><tr><th>model</th>{head}</tr></thead><tbody>{body}</tbody></table>"
-                f"<p><small>{html.escape(self.caption())}</small></p>")
-
-    def plot(self, keys=("size_bytes", "latency_ms", "accuracy")):
-        """Bar charts of the chosen columns, one panel each."""
-        import matplotlib.pyplot as plt
-
-        labels = {"size_bytes": "size on disk (KB)", "latency_ms": "latency (ms)", "accuracy": "test accuracy (%)",
-                  "params": "parameters", "macs": "MACs (millions)"}
-        scale = {"size_bytes": 1 / 1024, "accuracy": 100, "macs": 1e-6}
-        keys = [k for k in keys if any(r.get(k) is not None for r in self.rows)]
-        fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.2), squeeze=False)
-        names = [r["name"] for r in self.rows]
-        for ax, key in zip(axes[0], keys):
-            values = [(r.get(key) or 0) * scale.get(key, 1) for r in self.rows]
-            bars = ax.bar(names, values, color=[f"C{i}" for i in range(len(names))])
-            if key == "latency_ms":
-                errs = [r.get("latency_iqr_ms", 0) / 2 for r in self.rows]
-                ax.errorbar(names, values, yerr=errs, fmt="none", color="black", capsize=3, label="IQR")
-                ax.legend()
-            ax.bar_label(bars, fmt="%.4g", fontsize=8)
-            ax.set_title(labels.get(key, key))
-            ax.set_ylabel(labels.get(key, key))
-            ax.tick_params(axis="x", rotation=30)
-            plt.setp(ax.get_xticklabels(), ha="right", rotation_mode="anchor")
-        fig.suptitle(f"Model comparison (baseline: {self.baseline})")
-        fig.tight_layout()
-        return fig
+def _check_per_model(name: str, values, models: dict) -> dict:
+    if values is None:
+        return {}
+    if not isinstance(values, dict):
+        raise TypeError(f"{name} must be a dict of model name -> value, got {type(values).__name__}")
+    extra = set(values) - set(models)
+    if extra:
+        raise ValueError(f"{name} has names that are not in models: {sorted(map(str, extra))}; models: {list(models)}")
+    for key, value in values.items():
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or math.isnan(value):
+            raise TypeError(f"{name}[{key!r}] must be a number, got {value!r}")
+        if name == "accuracy" and not 0 <= value <= 1:
+            raise ValueError(f"accuracy[{key!r}] must be a fraction in [0, 1], got {value!r}"
+                             + (" (a percentage? divide by 100)" if 1 < value <= 100 else ""))
+        if name == "macs" and (not isinstance(value, numbers.Integral) or value < 0):
+            raise ValueError(f"macs[{key!r}] must be an int >= 0, got {value!r}")
+    return values
 
 
 def compare(models: dict, example_input=None, *, accuracy: dict | None = None, baseline: str | None = None,
@@ -341,22 +237,29 @@ def compare(models: dict, example_input=None, *, accuracy: dict | None = None, b
 
     Args:
         models: name -> nn.Module (or any callable; then pass its MACs in `macs` if you have them).
-        example_input: the batch used for MACs and latency.
+        example_input: the batch used for MACs and latency (a tensor, a tuple or a dict of inputs).
         accuracy: name -> accuracy in [0, 1], measured by you (e.g. with lwkit.train.evaluate).
         baseline: the row others are compared with (default: the first).
         macs: name -> MACs, overriding the count (e.g. for int8 kernels the counter does not see).
+        latency: time each model (needs example_input); threads, warmup, repeats: see measure_latency.
     """
     if not isinstance(models, dict) or not models:
-        raise ValueError("models must be a non-empty dict of name -> model")
+        raise ValueError(f"models must be a non-empty dict of name -> model, got {models!r:.100}")
+    for name, model in models.items():
+        if not isinstance(name, str):
+            raise TypeError(f"models must be keyed by str names, got {name!r}")
+        if not callable(model):
+            raise TypeError(f"models[{name!r}] must be an nn.Module or a callable, got {type(model).__name__}")
     baseline = next(iter(models)) if baseline is None else baseline
     if baseline not in models:
         raise ValueError(f"baseline must be one of {list(models)}, got {baseline!r}")
-    accuracy, macs = accuracy or {}, macs or {}
-    for name, d in (("accuracy", accuracy), ("macs", macs)):
-        extra = set(d) - set(models)
-        if extra:
-            raise ValueError(f"{name} has names that are not in models: {sorted(extra)}; models: {list(models)}")
-    threads = default_threads() if threads is None else threads
+    accuracy, macs = _check_per_model("accuracy", accuracy, models), _check_per_model("macs", macs, models)
+    _check_bool("latency", latency)
+    threads = _check_timing(warmup, repeats, threads)
+    batch = None
+    if example_input is not None:
+        _check_example_input(example_input)
+        batch = _batch_size(example_input)
     rows = []
     for name, model in models.items():
         row = {"name": name, "accuracy": accuracy.get(name)}
@@ -366,7 +269,7 @@ def compare(models: dict, example_input=None, *, accuracy: dict | None = None, b
             row["nonzero"] = nonzero if nonzero != row["params"] else None
             row["size_bytes"] = model_size_bytes(model)
         if name in macs:
-            row["macs"] = macs[name]
+            row["macs"] = int(macs[name])
         elif isinstance(model, nn.Module) and example_input is not None:
             row["macs"] = count_macs(model, example_input)
         if latency and example_input is not None:
@@ -380,8 +283,8 @@ def compare(models: dict, example_input=None, *, accuracy: dict | None = None, b
                 r[ratio] = base[key] / r[key]
         if r.get("accuracy") is not None and base.get("accuracy") is not None:
             r["acc_delta_pp"] = 100 * (r["accuracy"] - base["accuracy"])
-    batch = int(example_input.shape[0]) if isinstance(example_input, torch.Tensor) else None
-    return Comparison(rows=rows, baseline=baseline, threads=threads if latency else None, batch_size=batch)
+    timed = latency and example_input is not None
+    return Comparison(rows=rows, baseline=baseline, threads=threads if timed else None, batch_size=batch)
 
 
 # ---------------------------------------------------------------------------------------------------------

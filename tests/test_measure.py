@@ -1,44 +1,12 @@
-import pytest
-import torch
-import torchvision
-from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
+import matplotlib
 
-from lwkit import measure, models
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
 
-
-def reference_macs(model, x):
-    counter = FlopCounterMode(display=False)
-    with torch.no_grad(), counter:
-        model(x)
-    return counter.get_total_flops() // 2  # flop_counter counts 2 FLOPs per MAC
-
-
-@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v2"])
-def test_count_macs_agrees_with_flop_counter_on_torchvision(name):
-    model = getattr(torchvision.models, name)(weights=None).eval()
-    x = torch.randn(1, 3, 112, 112)
-    assert measure.count_macs(model, x) == reference_macs(model, x)
-
-
-def test_count_macs_by_hand():
-    # Linear 784->300 on a batch of 2: 2*784*300; conv 1->16, 3x3, 28x28 output: 16*9*28*28
-    assert measure.count_macs(nn.Linear(784, 300), torch.zeros(2, 784)) == 2 * 784 * 300
-    assert measure.count_macs(nn.Conv2d(1, 16, 3, padding=1), torch.zeros(1, 1, 28, 28)) == 16 * 9 * 28 * 28
-    depthwise = nn.Conv2d(8, 8, 3, padding=1, groups=8)
-    assert measure.count_macs(depthwise, torch.zeros(1, 8, 10, 10)) == 8 * 9 * 10 * 10
-
-
-def test_count_macs_sees_functional_matmul_and_attention():
-    class Attention(nn.Module):
-        def forward(self, q):
-            scores = q @ q.transpose(-1, -2)  # (b, h, s, s): b*h*s*s*d MACs
-            return nn.functional.scaled_dot_product_attention(q, q, q) + scores.sum()  # 2 * b*h*s*s*d
-
-    q = torch.randn(2, 3, 5, 4)  # (batch, heads, sequence, head dim)
-    # by hand: the explicit matmul plus q k^T and attn v inside attention. (torch's flop_counter has no
-    # formula for the CPU flash-attention kernel, so it would miss the last two.)
-    assert measure.count_macs(Attention(), q) == 2 * 3 * 5 * 5 * 4 * 3
+from lwkit import compare, macs, measure, models  # noqa: E402
 
 
 def test_count_params_options():
@@ -122,3 +90,136 @@ def test_count_params_on_sparse_csr_weights():
     layer.weight = nn.Parameter(layer.weight.detach().to_sparse_csr(), requires_grad=False)
     assert measure.count_params(layer) == 12
     assert measure.count_params(layer, nonzero_only=True) == 3
+
+
+def test_old_names_still_work():
+    # MAC counting moved to lwkit.macs and the table to lwkit.compare; lwkit.measure re-exports them
+    assert measure.count_macs is macs.count_macs and measure.MacCounter is macs.MacCounter
+    assert measure.MAC_RULES is macs.MAC_RULES
+    assert measure.Comparison is compare.Comparison and measure.format_bytes is compare.format_bytes
+    assert measure.COLUMNS is compare.COLUMNS
+
+
+def test_review_measure_latency_restores_mode_and_threads_on_error():
+    class Broken(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc, self.calls = nn.Linear(2, 2), 0
+
+        def forward(self, x):
+            self.calls += 1
+            if self.calls == 3:
+                raise KeyboardInterrupt  # the learner interrupts the kernel mid-measurement
+            return self.fc(x)
+
+    torch.set_num_threads(2)
+    model = Broken().train()
+    with pytest.raises(KeyboardInterrupt):
+        measure.measure_latency(model, torch.zeros(1, 2), warmup=1, repeats=5, threads=1)
+    assert torch.get_num_threads() == 2 and model.training
+    ok = nn.Linear(2, 2).train()
+    measure.measure_latency(ok, torch.zeros(1, 2), warmup=0, repeats=1, threads=1)
+    assert ok.training  # the mode is restored after a normal run too
+
+
+def test_review_measure_latency_bad_args():
+    layer, x = nn.Linear(2, 2), torch.zeros(1, 2)
+    for kwargs, name in [({"warmup": -1}, "warmup"), ({"warmup": 1.5}, "warmup"), ({"repeats": 0}, "repeats"),
+                         ({"repeats": True}, "repeats"), ({"threads": 0}, "threads"), ({"threads": "2"}, "threads")]:
+        with pytest.raises(ValueError, match=name):
+            measure.measure_latency(layer, x, **kwargs)
+    for bad in (torch.tensor(1.0), torch.zeros(0, 2)):
+        with pytest.raises(ValueError, match="example_input"):
+            measure.measure_latency(layer, bad)
+    with pytest.raises(TypeError, match="example_input"):
+        measure.measure_latency(layer, ())
+
+
+def test_measure_latency_takes_a_dict_of_inputs():
+    class Keyword(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(3, 2)
+
+        def forward(self, input_ids, scale):
+            return self.fc(input_ids) * scale
+
+    lat = measure.measure_latency(Keyword(), {"input_ids": torch.zeros(4, 3), "scale": torch.ones(1)},
+                                  warmup=0, repeats=2, threads=1)
+    assert lat.batch_size == 4
+
+
+def test_default_threads_rejects_a_bad_environment_variable(monkeypatch):
+    monkeypatch.setenv("LWKIT_THREADS", "two")
+    with pytest.raises(ValueError, match="LWKIT_THREADS"):
+        measure.default_threads()
+    monkeypatch.setenv("LWKIT_THREADS", "3")
+    assert measure.default_threads() == 3
+
+
+def test_model_size_bytes_rejects_what_is_not_a_state_dict():
+    with pytest.raises(TypeError, match="model"):
+        measure.model_size_bytes({"fc": nn.Linear(2, 2)})  # would pickle the whole module
+    with pytest.raises(TypeError, match="str keys"):
+        measure.model_size_bytes({1: torch.zeros(2)})
+    assert measure.model_size_bytes({"w": torch.zeros(2), "meta": {"step": 3}}) > 0
+
+
+def test_compare_bad_args_name_the_argument():
+    a = {"a": nn.Linear(2, 2)}
+    cases = [
+        (dict(models={1: nn.Linear(2, 2)}, latency=False), TypeError, "models"),
+        (dict(models={"a": 3}, latency=False), TypeError, r"models\['a'\]"),
+        (dict(models=a, accuracy={"a": 88.0}, latency=False), ValueError, "percentage"),
+        (dict(models=a, accuracy={"a": float("nan")}, latency=False), TypeError, "accuracy"),
+        (dict(models=a, accuracy=[0.5], latency=False), TypeError, "accuracy"),
+        (dict(models=a, macs={"a": -1}, latency=False), ValueError, "macs"),
+        (dict(models=a, latency="yes"), TypeError, "latency"),
+        (dict(models=a, threads=0), ValueError, "threads"),
+        (dict(models=a, repeats=0), ValueError, "repeats"),
+        (dict(models=a, example_input=[1, 2]), TypeError, "example_input"),
+    ]
+    for kwargs, error, match in cases:
+        with pytest.raises(error, match=match):
+            measure.compare(**kwargs)
+
+
+def test_compare_counts_attention_and_lstm_models():
+    class Tagger(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lstm, self.head = nn.LSTM(4, 8, batch_first=True), nn.Linear(8, 3)
+
+        def forward(self, x):
+            return self.head(self.lstm(x)[0])
+
+    x = torch.randn(2, 5, 4)
+    table = measure.compare({"tagger": Tagger()}, x, latency=False)
+    assert table.row("tagger")["macs"] == 10 * 4 * 8 * 12 + 10 * 8 * 3
+
+
+def test_comparison_validates_and_plots_one_figure(monkeypatch):
+    with pytest.raises(TypeError, match="rows"):
+        measure.Comparison(rows=[{"params": 3}], baseline="a")
+    with pytest.raises(ValueError, match="threads"):
+        measure.Comparison(rows=[], baseline="a", threads=0)
+    table = measure.compare({"big": nn.Linear(100, 100), "small": nn.Linear(100, 10)}, torch.zeros(8, 100),
+                            accuracy={"big": 0.9, "small": 0.8}, latency=False)
+    with pytest.raises(ValueError, match="keys"):
+        table.plot("accuracy")
+    with pytest.raises(ValueError, match="keys"):
+        table.plot(("latency_ms",))  # not measured
+    monkeypatch.setattr(plt, "show", lambda: None)
+    before = len(plt.get_fignums())
+    assert table.plot(("size_bytes", "macs", "accuracy")) is None
+    assert len(plt.get_fignums()) == before + 1
+    fig = plt.gcf()
+    assert all(ax.get_title() and ax.get_ylabel() for ax in fig.axes)
+    plt.close("all")
+
+
+def test_format_bytes():
+    assert [measure.format_bytes(n) for n in (0, 1023, 1536, 3 * 1024**2)] == ["0 B", "1023 B", "1.5 KB", "3.0 MB"]
+    for bad in (-1, float("inf"), "3", True):
+        with pytest.raises(ValueError, match="n must be"):
+            measure.format_bytes(bad)

@@ -1,11 +1,44 @@
 import matplotlib
 
 matplotlib.use("Agg")
+import matplotlib.colors as mcolors  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
+from torch import nn  # noqa: E402
 
 from lwkit import data, models, train, widgets  # noqa: E402
+
+
+@pytest.fixture
+def figures(monkeypatch):
+    """plt.show() does nothing; yields a function giving the figures opened since the test started."""
+    monkeypatch.setenv("LWKIT_HEADLESS", "1")
+    monkeypatch.setattr(plt, "show", lambda: None)
+    plt.close("all")
+    yield lambda: [plt.figure(n) for n in plt.get_fignums()]
+    plt.close("all")
+
+
+@pytest.fixture
+def frontend(monkeypatch):
+    """Pretend a JupyterLab front end is attached; collects what interactive_or_static displays."""
+    shown = []
+    monkeypatch.setattr(widgets, "has_frontend", lambda: True)
+    monkeypatch.setattr("IPython.display.display", lambda obj: shown.append(obj))
+    monkeypatch.setattr(plt, "show", lambda: None)
+    yield shown
+    plt.close("all")
+
+
+def images(n=20):
+    s = data.fashion_mnist()
+    return s.x_test[:n], s.y_test[:n]
+
+
+def palette_colors(ax):
+    okabe = {mcolors.to_hex(c) for c in widgets.OKABE_ITO}
+    return {mcolors.to_hex(p.get_facecolor()) for p in ax.patches}, okabe
 
 
 def test_headless_means_no_frontend(monkeypatch):
@@ -20,31 +53,151 @@ def test_interactive_or_static_draws_each_static_setting(monkeypatch):
     assert seen == [(1, 2), (3, 4)]
 
 
-def test_browse_predictions_static_figures(monkeypatch):
-    monkeypatch.setenv("LWKIT_HEADLESS", "1")
-    monkeypatch.setattr(plt, "show", lambda: None)
-    s = data.fashion_mnist()
-    before = len(plt.get_fignums())
-    widgets.browse_predictions(models.build("mlp"), s.x_test[:20], s.y_test[:20], static_count=2)
-    assert len(plt.get_fignums()) == before + 2
-    plt.close("all")
+def test_review_interactive_or_static_returns_none_and_displays_the_widget_once(frontend):
+    # issue #9: interact(...) returned the draw function, so a cell ending with the call printed <function ...>,
+    # and a draw that returns its figure was displayed a second time by interact.
+    from ipywidgets import IntSlider, interactive
+
+    calls = []
+
+    def draw(x: int = 1):
+        calls.append(x)
+        fig = plt.figure()
+        plt.show()
+        return fig  # a draw function that returns its figure: must not be displayed again
+
+    result = widgets.interactive_or_static(draw, {"x": IntSlider(value=1, min=0, max=3)}, [{"x": 2}])
+    assert result is None
+    assert len(frontend) == 1 and isinstance(frontend[0], interactive)
+    assert frontend[0].result is None  # what interactive would display after the figure
+    assert calls == [1]  # drawn once, with the slider's value
+    frontend[0].children[0].value = 3  # moving the slider redraws with the new value
+    assert calls == [1, 3]
 
 
-def test_plots_have_titles_and_labels(monkeypatch):
-    monkeypatch.setattr(plt, "show", lambda: None)
-    s = data.fashion_mnist()
-    fig = widgets.plot_examples(s.x_test, s.y_test, per_class=2)
-    assert fig._suptitle.get_text()
+def test_interactive_or_static_bad_args():
+    with pytest.raises(TypeError, match="draw"):
+        widgets.interactive_or_static(None, {}, [{}])
+    with pytest.raises(TypeError, match="controls"):
+        widgets.interactive_or_static(lambda: None, [], [{}])
+    with pytest.raises(ValueError, match="static_values"):
+        widgets.interactive_or_static(lambda: None, {}, [])
+    with pytest.raises(ValueError, match="static_values"):
+        widgets.interactive_or_static(lambda a: None, {}, [{"b": 1}])
+
+
+def test_browse_predictions_static_figures(figures):
+    x, y = images()
+    assert widgets.browse_predictions(models.build("mlp"), x, y, static_count=2) is None
+    assert len(figures()) == 2
+
+
+def test_show_image_prediction_one_figure_okabe_ito_and_a_legend(figures):
+    x, y = images(1)
+    probs = torch.full((10,), 0.02)
+    probs[(int(y[0]) + 1) % 10] = 0.82  # a wrong prediction
+    assert widgets.show_image_prediction(x[0], int(y[0]), probs) is None
+    (fig,) = figures()
+    bars = fig.axes[1]
+    used, okabe = palette_colors(bars)
+    assert used <= okabe and len(used) == 3  # true class, wrong prediction, others
+    assert [t.get_text() for t in bars.get_legend().get_texts()] == ["true class", "wrong prediction", "other classes"]
+    assert bars.get_xlabel() and bars.get_ylabel() and bars.get_title()
+
+
+def test_plots_have_titles_and_labels(figures):
+    x, y = images(200)
+    assert widgets.plot_examples(x, y, per_class=2) is None
     h = train.History(loss=[1.0, 0.5], val_acc=[0.5, 0.7])
-    fig = widgets.plot_history({"m": h})
-    assert all(ax.get_xlabel() and ax.get_ylabel() and ax.get_title() for ax in fig.axes)
-    plt.close("all")
+    assert widgets.plot_history({"m": h, "n": h}) is None
+    examples, history = figures()
+    assert examples._suptitle.get_text()
+    assert all(ax.get_xlabel() and ax.get_ylabel() and ax.get_title() for ax in history.axes)
+    assert all(ax.get_legend() is not None for ax in history.axes)
+    lines = history.axes[0].lines
+    assert {mcolors.to_hex(line.get_color()) for line in lines} <= {mcolors.to_hex(c) for c in widgets.OKABE_ITO}
+    assert len({line.get_marker() for line in lines}) == 2  # readable in grey
+
+
+def test_review_plot_examples_per_class_1(figures):
+    # review: per_class=1 crashed with "'Axes' object is not iterable" (plt.subplots squeezed the axes)
+    x, y = images(200)
+    widgets.plot_examples(x, y, per_class=1)
+    (fig,) = figures()
+    assert len(fig.axes) == 10 and len(fig.axes[0].images) == 1
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="per_class"):
+            widgets.plot_examples(x, y, per_class=bad)
+
+
+@pytest.mark.parametrize("bad_labels", ["one_hot", "column", "float"])
+def test_review_label_shapes_rejected(bad_labels, figures):
+    # one-hot (n, 10), (n, 1) or float labels broadcast against (n,) predictions: wrong counts, silently
+    x, y = images()
+    labels = {"one_hot": torch.eye(10)[y], "column": y[:, None], "float": y.float()}[bad_labels]
+    with pytest.raises(ValueError, match="1-D integer tensor of class indices"):
+        widgets.browse_predictions(models.build("mlp"), x, labels)
+    with pytest.raises(ValueError, match="1-D integer tensor of class indices"):
+        widgets.plot_examples(x, labels, per_class=1)
+    assert figures() == []
+
+
+def test_labels_out_of_range_and_class_count():
+    x, y = images()
+    with pytest.raises(ValueError, match="class indices in"):
+        widgets.browse_predictions(models.build("mlp"), x, y + 10)
+    with pytest.raises(ValueError, match="classes"):
+        widgets.browse_predictions(models.build("mlp"), x, y % 3, classes=("a", "b", "c"))
+
+
+def test_predict_proba_restores_mode_and_needs_no_parameters():
+    model = models.build("mlp").train()
+    probs = widgets.predict_proba(model, torch.zeros(3, 1, 28, 28))
+    assert model.training and probs.shape == (3, 10)
+    torch.testing.assert_close(probs.sum(1), torch.ones(3))
+    assert widgets.predict_proba(nn.Flatten(), torch.zeros(2, 5)).shape == (2, 5)  # no parameters, no crash
+
+
+def test_bit_width_explorer_offers_no_1_bit_symmetric(frontend):
+    from ipywidgets import IntSlider
+
+    torch.manual_seed(0)
+    net = models.LeNet300100()
+    x, y = torch.randn(16, 1, 28, 28), torch.randint(0, 10, (16,))
+    score = lambda m: (m.eval()(x).argmax(1) == y).float().mean().item()  # noqa: E731
+    assert widgets.bit_width_explorer(net, score, layer="fc3") is None
+    (widget,) = frontend
+    slider = next(c for c in widget.children if isinstance(c, IntSlider))
+    assert (slider.min, slider.max) == (2, 8)
+    assert widget.result is None
+
+
+def test_bit_width_explorer_bad_args(figures):
+    net = models.LeNet300100()
+    ok = lambda m: 0.5  # noqa: E731
+    with pytest.raises(ValueError, match="bits"):
+        widgets.bit_width_explorer(net, ok, static_values=[{"bits": 1, "symmetric": True, "per_channel": False}])
+    with pytest.raises(ValueError, match="static_values"):
+        widgets.bit_width_explorer(net, ok, static_values=[{"bits": 4}])
+    with pytest.raises(ValueError, match="evaluate must return an accuracy"):
+        widgets.bit_width_explorer(net, lambda m: 88.0)
+    with pytest.raises(TypeError, match="layer"):
+        widgets.bit_width_explorer(net, ok, layer=3)
+    assert figures() == []
 
 
 def test_bad_inputs():
     with pytest.raises(TypeError, match="model"):
         widgets.browse_predictions("model", torch.zeros(2, 1, 28, 28), torch.zeros(2))
     with pytest.raises(ValueError, match="equal length"):
-        widgets.browse_predictions(models.build("mlp"), torch.zeros(2, 1, 28, 28), torch.zeros(3))
+        widgets.browse_predictions(models.build("mlp"), torch.zeros(2, 1, 28, 28), torch.zeros(3, dtype=torch.long))
     with pytest.raises(ValueError, match="per_class"):
         widgets.plot_examples(torch.zeros(2, 1, 28, 28), torch.zeros(2), per_class=0)
+    with pytest.raises(ValueError, match="histories"):
+        widgets.plot_history({})
+    with pytest.raises(TypeError, match="histories"):
+        widgets.plot_history({"m": [1.0, 0.5]})
+    with pytest.raises(ValueError, match="label"):
+        widgets.show_image_prediction(torch.zeros(1, 28, 28), 10, torch.full((10,), 0.1))
+    with pytest.raises(ValueError, match="probs"):
+        widgets.show_image_prediction(torch.zeros(1, 28, 28), 1, torch.full((9,), 0.1))
