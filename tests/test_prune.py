@@ -1,8 +1,6 @@
-"""lwkit.prune against torch.nn.utils.prune, channel pruning keeps kept channels exactly, bad inputs."""
+"""lwkit.prune against torch.nn.utils.prune and hand computations; failures leave the model as it was."""
 
 import copy
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -10,6 +8,37 @@ from torch import nn
 from torch.nn.utils import prune as tprune
 
 from lwkit import models, prune
+
+
+def _state(model):
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def _same_bits(before, model):
+    after = model.state_dict()
+    return before.keys() == after.keys() and all(
+        before[k].dtype == after[k].dtype and torch.equal(before[k].view(torch.uint8) if before[k].dim() else before[k],
+                                                          after[k].view(torch.uint8) if after[k].dim() else after[k])
+        for k in before)
+
+
+def _loader(n_batches=6, batch=8, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [(torch.randn(batch, 1, 28, 28, generator=g), torch.randint(0, 10, (batch,), generator=g))
+            for _ in range(n_batches)]
+
+
+def _interrupt_at(k, exc=KeyboardInterrupt):
+    """A loss_fn for train.fit that raises `exc` at its k-th call (1-based)."""
+    calls = []
+    ce = nn.CrossEntropyLoss()
+
+    def loss_fn(logits, y, x):
+        calls.append(1)
+        if len(calls) == k:
+            raise exc()
+        return ce(logits, y)
+    return loss_fn
 
 
 def test_magnitude_mask_hand_example():
@@ -30,8 +59,11 @@ def test_magnitude_mask_matches_torch_l1_unstructured(amount, shape):
     layer = nn.Linear(1, 1)
     layer.weight = nn.Parameter(torch.randn(shape))
     tprune.l1_unstructured(layer, "weight", amount=amount)
-    ours = prune.magnitude_mask(layer.weight_orig, amount)
-    assert torch.equal(ours, layer.weight_mask.bool())
+    if not layer.weight_mask.any():  # torch empties the tensor; lwkit refuses, naming the sparsity
+        with pytest.raises(ValueError, match=f"sparsity {amount} would remove all"):
+            prune.magnitude_mask(layer.weight_orig, amount)
+        return
+    assert torch.equal(prune.magnitude_mask(layer.weight_orig, amount), layer.weight_mask.bool())
 
 
 @pytest.mark.parametrize("amount", [0.2, 0.8, 0.95])
@@ -67,123 +99,240 @@ def test_layer_masks_and_sparsity_of_model():
     assert abs(prune.sparsity(rnd) - 0.5) < 1e-3
 
 
+def test_per_layer_dict_prunes_only_the_named_layers():
+    torch.manual_seed(0)
+    net = models.LeNet300100(hidden=(20, 10))
+    masks = prune.layer_masks(net, {"fc3": 0.5, "fc1": 0.25})
+    assert list(masks) == ["fc1", "fc3"]  # model order
+    assert torch.equal(masks["fc3"], prune.magnitude_mask(net.fc3.weight, 0.5))
+    pruned = prune.prune(net, "magnitude", {"fc2": 0.5})
+    assert prune.sparsity(pruned.fc2.weight) == 0.5 and prune.sparsity(pruned.fc1.weight) == 0.0
+    with pytest.raises(ValueError, match="give one for each layer"):
+        prune.layer_masks(net, {"fc1": 0.5}, layers=["fc1", "fc2"])
+
+
 def test_cubic_schedule_and_iterative_levels():
     assert prune.cubic_sparsity(0, 100, 0.9) == 0.0
     assert prune.cubic_sparsity(100, 100, 0.9) == pytest.approx(0.9)
+    assert prune.cubic_sparsity(150, 100, 0.9) == pytest.approx(0.9)  # holds s_f after T
     assert prune.cubic_sparsity(50, 100, 0.8) == pytest.approx(0.8 * (1 - 0.5**3))
     levels = prune.iterative_levels(0.9, 3)
     assert levels[-1] == pytest.approx(0.9) and levels == sorted(levels)
+    with pytest.raises(ValueError, match="step must be"):
+        prune.cubic_sparsity(-1, 100, 0.9)
 
 
 def test_sensitivity_scan_restores_model():
     torch.manual_seed(0)
     net = models.LeNet300100(hidden=(20, 10))
-    before = copy.deepcopy(net.state_dict())
+    before = _state(net)
     scan = prune.sensitivity_scan(net, lambda m: prune.sparsity(m), [0.0, 0.5])
     assert set(scan) == {"fc1", "fc2", "fc3"}
     assert scan["fc1"][0] == 0.0 and scan["fc1"][1] > 0
-    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
+    assert _same_bits(before, net)
+    assert list(prune.sensitivity_scan(net, lambda m: 0.0, [0.5], layers="fc2")) == ["fc2"]
 
 
-def _trained_bn(net):
-    # give BatchNorm non-trivial statistics so slicing them is really tested
-    net.train()
-    with torch.no_grad():
-        for _ in range(3):
-            net(torch.randn(16, 1, 28, 28))
-    return net.eval()
-
-
-@pytest.mark.parametrize("norm", ["l1", "l2"])
-def test_channel_pruning_keeps_kept_channels_exactly(norm):
+def test_fine_tune_keeps_pruned_weights_at_zero():
     torch.manual_seed(0)
-    net = _trained_bn(models.SmallCNN())
-    small = prune.prune_channels(net, {"features.0.0": 0.5}, norm=norm)  # only the first conv loses channels
-    keep = prune.keep_channels(prune.channel_scores(net.features[0][0].weight, norm), 0.5)
-    x = torch.randn(4, 1, 28, 28)
-    with torch.no_grad():
-        full_block = net.features[0](x)  # (4, 16, 28, 28)
-        small_block = small[2](small[1](small[0](x)))  # (4, 8, 28, 28)
-    assert small_block.shape[1] == 8
-    assert torch.equal(small_block, full_block[:, keep])
+    net = models.LeNet300100(hidden=(20, 10))
+    masks = prune.layer_masks(net, 0.7, scope="global")
+    prune.fine_tune(net, masks, _loader(), epochs=1, lr=1e-2, progress=False)
+    for name, mask in masks.items():
+        assert (getattr(net, name).weight[~mask] == 0).all()
+    assert abs(prune.sparsity(net) - 0.7) < 1e-3
 
 
-def test_channel_pruning_whole_model_shapes_and_last_layer():
+def test_iterative_and_gradual_reach_the_final_sparsity():
     torch.manual_seed(0)
-    net = _trained_bn(models.SmallCNN())
-    small = prune.prune(net, method="l1_channel", sparsity=0.5)
-    convs = [m for m in small if isinstance(m, nn.Conv2d)]
-    assert [(c.in_channels, c.out_channels) for c in convs] == [(1, 8), (8, 16), (16, 32)]
-    assert small[-1].in_features == 32 * 49
-    x = torch.randn(2, 1, 28, 28)
-    assert small(x).shape == (2, 10)
-    # pruning only the last conv: features of the kept channels and the logits' inputs are unchanged
-    last = prune.prune_channels(net, {"features.4.0": 0.25})
-    keep = prune.keep_channels(prune.channel_scores(net.features[4][0].weight), 0.25)
-    with torch.no_grad():
-        full = net.pool(net.features(x))  # (2, 64, 7, 7)
-        part = last[:-2](x)  # (2, 48, 7, 7)
-    assert torch.equal(part, full[:, keep])
-    # and the classifier sees the same numbers when the dropped channels were zero anyway
-    with torch.no_grad():
-        zeroed = torch.zeros_like(full)
-        zeroed[:, keep] = full[:, keep]
-        assert torch.allclose(last(x), net.classifier(zeroed.flatten(1)), atol=1e-5)
+    net = models.LeNet300100(hidden=(20, 10))
+    masks = prune.iterative_prune(copy.deepcopy(net), _loader(), final_sparsity=0.8, rounds=2, progress=False)
+    assert sum(int((~m).sum()) for m in masks.values()) == sum(round(0.8 * m.numel()) for m in masks.values())
+    grad = copy.deepcopy(net)
+    prune.gradual_prune(grad, _loader(), final_sparsity=0.8, epochs=2, prune_every=2, scope="global", progress=False)
+    assert abs(prune.sparsity(grad) - 0.8) < 1e-3
 
 
-def test_channel_pruned_model_reloads_without_lwkit(tmp_path):
+# --- regression tests for the reliability review ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 5])
+@pytest.mark.parametrize("exc", [KeyboardInterrupt, RuntimeError])
+def test_review_sensitivity_scan_restores_on_interrupt(k, exc):
     torch.manual_seed(0)
-    small = prune.prune(models.SmallCNN(), method="l2_channel", sparsity=0.5)
-    path = tmp_path / "small.pt"
-    torch.save(small, path)
-    x = torch.randn(2, 1, 28, 28)
-    torch.save(x, tmp_path / "x.pt")
-    torch.save(small(x).detach(), tmp_path / "y.pt")
-    code = ("import sys, torch; sys.modules['lwkit'] = None; d = sys.argv[1]; "
-            "m = torch.load(d + '/small.pt', weights_only=False); "
-            "assert torch.equal(m(torch.load(d + '/x.pt')), torch.load(d + '/y.pt')); print('ok')")
-    out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, cwd=tmp_path)
-    assert out.stdout.strip() == "ok", out.stderr
+    mlp = models.LeNet300100()
+    before = _state(mlp)
+    calls = []
+
+    def evaluate(m):
+        calls.append(1)
+        if len(calls) == k:
+            raise exc()  # the learner interrupts the kernel during the scan
+        return 0.0
+    with pytest.raises(exc):
+        prune.sensitivity_scan(mlp, evaluate, [0.5, 0.9, 0.99])
+    assert _same_bits(before, mlp)
+    assert prune.sparsity(mlp.fc1.weight) == 0.0
 
 
-def test_sparse_linear_matches_dense():
+def test_review_sensitivity_scan_checks_before_evaluating():
+    mlp = models.LeNet300100()
+    calls = []
+    with pytest.raises(ValueError, match="'fc3'"):  # 0.9995 empties the 1,000-weight fc3
+        prune.sensitivity_scan(mlp, lambda m: calls.append(1) or 0.0, [0.5, 0.9995])
+    with pytest.raises(ValueError, match="fc9"):
+        prune.sensitivity_scan(mlp, lambda m: calls.append(1) or 0.0, [0.5], layers=["fc1", "fc9"])
+    assert calls == []  # nothing was evaluated, nothing pruned
+
+
+@pytest.mark.parametrize("k", [1, 3, 6])
+def test_review_fine_tune_restores_on_interrupt(k):
     torch.manual_seed(0)
-    net = prune.prune(models.LeNet300100(), method="magnitude", sparsity=0.9)
-    fast = prune.to_sparse_csr(net)
-    x = torch.randn(5, 1, 28, 28)
+    net = models.LeNet300100(hidden=(20, 10))
+    masks = prune.layer_masks(net, 0.5)
+    before = _state(net)
+    with pytest.raises(KeyboardInterrupt):
+        prune.fine_tune(net, masks, _loader(), epochs=1, lr=1e-2, loss_fn=_interrupt_at(k), progress=False)
+    assert _same_bits(before, net)
+    with pytest.raises(ValueError, match="lr"):  # a bad fit argument: the masks were applied, then undone
+        prune.fine_tune(net, masks, _loader(), lr=-1.0, progress=False)
+    assert _same_bits(before, net)
+
+
+@pytest.mark.parametrize("k", [1, 4, 9])
+def test_review_iterative_and_gradual_restore_on_interrupt(k):
+    torch.manual_seed(0)
+    net = models.LeNet300100(hidden=(20, 10))
+    before = _state(net)
+    with pytest.raises(KeyboardInterrupt):
+        prune.iterative_prune(net, _loader(), final_sparsity=0.8, rounds=2, loss_fn=_interrupt_at(k), progress=False)
+    assert _same_bits(before, net)
+    with pytest.raises(KeyboardInterrupt):
+        prune.gradual_prune(net, _loader(), final_sparsity=0.8, epochs=2, prune_every=2, loss_fn=_interrupt_at(k),
+                            progress=False)
+    assert _same_bits(before, net)
+
+
+def test_review_apply_masks_validates_every_mask_first():
+    torch.manual_seed(0)
+    net = models.LeNet300100(hidden=(20, 10))
+    before = _state(net)
+    good = torch.ones(20, 784, dtype=torch.bool)
+    bad_cases = [
+        ({"fc1": good, "fc2": torch.full((10, 20), 0.5)}, TypeError, "bool tensor"),  # 0.5 would halve weights
+        ({"fc1": good, "fc2": torch.full((10, 20), 2)}, TypeError, "bool tensor"),  # 2 would double them
+        ({"fc1": good, "fc2": [[True] * 20] * 10}, TypeError, "bool tensor"),
+        ({"fc1": good, "fc2": torch.ones(3, 3, dtype=torch.bool)}, ValueError, "shape"),
+        ({"fc1": good, "fc9": good}, ValueError, "fc9"),
+        ({"fc1": good, "fc3": torch.zeros(10, 10, dtype=torch.bool)}, ValueError, "removes all 100 weights"),
+        ({}, ValueError, "empty"),
+        ([("fc1", good)], TypeError, "dict"),
+    ]
+    for masks, exc, pattern in bad_cases:
+        with pytest.raises(exc, match=pattern):
+            prune.apply_masks(net, masks)
+        assert _same_bits(before, net), pattern  # fc1 is listed first, yet untouched
+
+
+@pytest.mark.parametrize("call", [
+    lambda net: prune.magnitude_mask(net.fc3.weight, 0.9995),
+    lambda net: prune.random_mask(net.fc3.weight, 0.9995),
+    lambda net: prune.layer_masks(net, 0.9995),
+    lambda net: prune.layer_masks(net, {"fc1": 0.5, "fc3": 0.9995}),
+    lambda net: prune.layer_masks(net, 0.9995, criterion="random"),
+    lambda net: prune.prune(net, "magnitude", 0.9995),
+    lambda net: prune.prune(net, "random", 0.9995),
+])
+def test_review_sparsity_below_one_never_empties_a_layer(call):
+    net = models.LeNet300100()
+    with pytest.raises(ValueError, match="would remove all 1000 weights of"):
+        call(net)
+
+
+def test_review_global_cut_never_empties_a_small_layer():
+    torch.manual_seed(0)
+    net = models.LeNet300100()
     with torch.no_grad():
-        assert torch.allclose(fast(x), net(x), atol=1e-5)
-    assert fast.fc1.weight.layout == torch.sparse_csr
+        net.fc3.weight.mul_(1e-4)  # a small layer of small weights: a moderate global cut takes all of it
+    with pytest.raises(ValueError, match="global sparsity 0.5 would remove all 1000 weights of 'fc3'"):
+        prune.layer_masks(net, 0.5, scope="global")
+    with pytest.raises(ValueError, match="'fc3'"):
+        prune.prune(net, "global", 0.5)
+    masks = prune.layer_masks(net, 0.5, scope="global", layers=["fc1", "fc2"])  # the way out the message names
+    assert set(masks) == {"fc1", "fc2"}
 
 
-@pytest.mark.parametrize("bad", [-0.1, 1.0, 1.5, "0.5", True, float("nan")])
+def test_review_sparsity_report_shows_layers_that_are_not_empty():
+    torch.manual_seed(0)
+    net = models.LeNet300100()
+    with torch.no_grad():
+        net.fc2.weight.view(-1)[15:] = 0  # 15 of 30,000 left
+        net.fc3.weight.zero_()
+    text = str(prune.sparsity_report(net))
+    fc2 = next(line for line in text.splitlines() if line.startswith("fc2"))
+    fc3 = next(line for line in text.splitlines() if line.startswith("fc3"))
+    assert fc2.endswith("99.95%") and "100.0" not in fc2
+    assert fc3.endswith("100.0%")
+    assert next(line for line in text.splitlines() if line.startswith("fc1")).endswith("0.0%")
+
+
+@pytest.mark.parametrize("layers", ["fc1", ["fc1"], ("fc1",), ["fc1", "fc1"]])
+def test_review_layer_masks_takes_one_name_as_a_list(layers):
+    masks = prune.layer_masks(models.LeNet300100(), 0.5, layers=layers)
+    assert list(masks) == ["fc1"]
+    with pytest.raises(ValueError, match=r"\['fc9'\] are not prunable layers.*'fc1', 'fc2', 'fc3'"):
+        prune.layer_masks(models.LeNet300100(), 0.5, layers="fc9")
+
+
+@pytest.mark.parametrize("bad", [-0.1, 1.0, 1.5, "0.5", True, float("nan"), float("inf"), None])
 def test_bad_sparsity_raises(bad):
-    with pytest.raises(ValueError, match="sparsity must be a number in"):
+    with pytest.raises((ValueError, TypeError), match="sparsity must be a number in"):
         prune.magnitude_mask(torch.randn(4, 4), bad)
-    with pytest.raises(ValueError, match="sparsity"):
+    with pytest.raises((ValueError, TypeError), match="sparsity"):
         prune.prune(models.LeNet300100(), sparsity=bad)
+    with pytest.raises((ValueError, TypeError), match=r"sparsity\['fc1'\]"):
+        prune.layer_masks(models.LeNet300100(), {"fc1": bad})
 
 
 def test_bad_inputs_raise_clear_errors():
+    net = models.LeNet300100()
     with pytest.raises(TypeError, match="tensor must be a torch.Tensor"):
         prune.magnitude_mask([1.0, 2.0], 0.5)
+    with pytest.raises(ValueError, match="NaN/inf"):
+        prune.magnitude_mask(torch.tensor([1.0, float("nan"), 2.0]), 0.5)
+    with pytest.raises(ValueError, match="empty"):
+        prune.magnitude_mask(torch.empty(0, 3), 0.5)
     with pytest.raises(TypeError, match="nn.Module or a tensor"):
         prune.sparsity("model")
     with pytest.raises(ValueError, match="method must be one of"):
-        prune.prune(models.LeNet300100(), method="fdr")
+        prune.prune(net, method="fdr")
     with pytest.raises(ValueError, match="no prunable layers"):
         prune.layer_masks(nn.Sequential(nn.ReLU()), 0.5)
     with pytest.raises(ValueError, match="not prunable layers"):
-        prune.layer_masks(models.LeNet300100(), 0.5, layers=["fc9"])
+        prune.layer_masks(net, 0.5, layers=["fc9"])
     with pytest.raises(ValueError, match="scope must be"):
-        prune.layer_masks(models.LeNet300100(), 0.5, scope="local")
+        prune.layer_masks(net, 0.5, scope="local")
+    with pytest.raises(TypeError, match="generator"):
+        prune.random_mask(torch.randn(4), 0.5, generator=0)
     with pytest.raises(TypeError, match="supports models with .features"):
-        prune.prune(models.LeNet300100(), method="l1_channel", sparsity=0.5)
-    with pytest.raises(ValueError, match="would remove all 16 channels"):
-        prune.prune_channels(models.SmallCNN(), 0.99)
-    with pytest.raises(TypeError, match="grouped/depthwise"):
-        net = models.SmallCNN(channels=(16, 32))
-        net.features[2] = models.ConvBNReLU(16, 32, groups=16)
-        prune.prune_channels(net, 0.5)
-    with pytest.raises(ValueError, match="shape"):
-        prune.apply_masks(models.LeNet300100(), {"fc1": torch.ones(3, 3, dtype=torch.bool)})
+        prune.prune(net, method="l1_channel", sparsity=0.5)
+    with pytest.raises(TypeError, match="global"):
+        prune.prune(net, method="global", sparsity={"fc1": 0.5})
+    with pytest.raises(TypeError, match="scope"):
+        prune.prune(net, method="magnitude", sparsity=0.5, scope="global")
+
+
+def test_restore_also_undoes_a_cast_or_move_made_by_training():
+    # train.fit moves the model to the default device (a GPU where there is one); a failure must undo that too
+    torch.manual_seed(0)
+    net = models.LeNet300100(hidden=(20, 10))
+    masks = prune.layer_masks(net, 0.5)
+    before = _state(net)
+
+    def loss_fn(logits, y, x):
+        net.double()  # stands in for model.to(another device): every tensor is replaced
+        raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt):
+        prune.fine_tune(net, masks, _loader(), epochs=1, loss_fn=loss_fn, progress=False)
+    assert {p.dtype for p in net.parameters()} == {torch.float32}
+    assert _same_bits(before, net) and net.training is True and net.fc1.weight.grad is None

@@ -68,3 +68,111 @@ def test_bad_inputs(tmp_path, pruned_mlp):
     torch.save({"a": torch.ones(1)}, tmp_path / "plain.pt")
     with pytest.raises(ValueError, match="not a file written by"):
         sparse.load_sparse(tmp_path / "plain.pt")
+
+
+# --- files: atomic, never overwrite a foreign file, damaged files are reported ------------------------------
+
+
+def test_save_is_atomic_and_leaves_no_temp_file(pruned_mlp, tmp_path, monkeypatch):
+    path = tmp_path / "m.pt"
+    sparse.save_sparse(pruned_mlp, path)
+    good = path.read_bytes()
+
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt  # interrupted in the middle of writing
+    monkeypatch.setattr(torch, "save", crash)
+    with pytest.raises(KeyboardInterrupt):
+        sparse.save_sparse(pruned_mlp, path, fmt="bitmask")
+    assert path.read_bytes() == good  # the old file is whole
+    assert [p.name for p in tmp_path.iterdir()] == ["m.pt"]  # no temporary left behind
+
+
+def test_save_refuses_to_overwrite_a_file_it_did_not_write(pruned_mlp, tmp_path):
+    mine = tmp_path / "checkpoint.pt"
+    torch.save(pruned_mlp.state_dict(), mine)
+    notes = tmp_path / "notes.txt"
+    notes.write_text("my notes")
+    for path in (mine, notes):
+        before = path.read_bytes()
+        with pytest.raises(FileExistsError, match="overwrite=True"):
+            sparse.save_sparse(pruned_mlp, path)
+        assert path.read_bytes() == before
+    sparse.save_sparse(pruned_mlp, notes, overwrite=True)  # explicit permission
+    sparse.save_sparse(pruned_mlp, notes, fmt="relative")  # now it is an lwkit sparse file: replacing it is fine
+    assert set(sparse.load_sparse(notes)) == set(pruned_mlp.state_dict())
+    with pytest.raises(IsADirectoryError, match="folder"):
+        sparse.save_sparse(pruned_mlp, tmp_path)
+
+
+@pytest.mark.parametrize("damage", ["truncate", "empty", "flip", "garbage"])
+def test_load_reports_a_damaged_file_by_name(pruned_mlp, tmp_path, damage):
+    path = tmp_path / "m.relative.pt"
+    sparse.save_sparse(pruned_mlp, path, fmt="relative")
+    data = bytearray(path.read_bytes())
+    if damage == "truncate":
+        data = data[: len(data) // 2]
+    elif damage == "empty":
+        data = b""
+    elif damage == "flip":  # one bit inside the stored values
+        data[len(data) // 2] ^= 0x01
+    else:
+        data = b"not a torch file at all" * 10
+    path.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match=r"m\.relative\.pt.*(corrupted|truncated|not a file|damaged)"):
+        sparse.load_sparse(path)
+
+
+def test_load_refuses_pickles_and_missing_files(tmp_path):
+    class Payload:
+        def __reduce__(self):
+            return (print, ("code ran",))
+    torch.save({"lwkit_sparse": 2, "tensors": Payload()}, tmp_path / "evil.pt")
+    with pytest.raises(ValueError, match="evil.pt.*weights_only"):
+        sparse.load_sparse(tmp_path / "evil.pt")
+    with pytest.raises(FileNotFoundError, match="nothing.pt"):
+        sparse.load_sparse(tmp_path / "nothing.pt")
+    with pytest.raises(TypeError, match="path must be"):
+        sparse.load_sparse(42)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.bfloat16])
+def test_round_trip_keeps_dtype_bits(tmp_path, dtype):
+    torch.manual_seed(0)
+    w = torch.randn(12, 9).to(dtype)
+    w[w.abs() < 0.7] = 0
+    w[0, 0] = float("nan")  # a NaN is a nonzero: it is stored and comes back
+    state = {"w": w, "b": torch.randn(12).to(dtype), "steps": torch.tensor(3)}
+    for fmt in sparse.FORMATS:
+        sparse.save_sparse(state, tmp_path / f"s.{fmt}.pt", fmt=fmt)
+        back = sparse.load_sparse(tmp_path / f"s.{fmt}.pt")
+        for k, v in state.items():
+            assert back[k].dtype == v.dtype and torch.equal(back[k].view(-1).view(torch.uint8) if v.dim() else
+                                                            back[k], v.view(-1).view(torch.uint8) if v.dim() else v)
+
+
+def test_csr_model_saves_and_sparse_linear_takes_any_batch_shape(pruned_mlp, tmp_path):
+    fast = sparse.to_sparse_csr(pruned_mlp)
+    x = torch.randn(3, 4, 784)
+    with torch.no_grad():
+        assert torch.allclose(fast.fc1(x), pruned_mlp.fc1(x), atol=1e-5)
+    sparse.save_sparse(fast, tmp_path / "csr.pt")
+    back = sparse.load_sparse(tmp_path / "csr.pt")
+    assert all(torch.equal(back[k], v) for k, v in pruned_mlp.state_dict().items())
+    with pytest.raises(TypeError, match="linear must be"):
+        sparse.SparseLinear(torch.nn.Conv2d(1, 1, 1))
+    with pytest.raises(ValueError, match="no nn.Linear"):
+        sparse.to_sparse_csr(models.SmallCNN().features)
+
+
+def test_decoders_reject_inconsistent_codes():
+    w = torch.zeros(4, 5)
+    w[1, 2], w[3, 4] = 1.0, -2.0
+    csr, bm, rel = sparse.encode_csr(w), sparse.encode_bitmask(w), sparse.encode_relative(w, 2)
+    with pytest.raises(ValueError, match="CSR"):
+        sparse.decode_csr({**csr, "col": torch.tensor([2, 9], dtype=torch.int16)})
+    with pytest.raises(ValueError, match="code\\['values'\\]"):
+        sparse.decode_bitmask({**bm, "values": bm["values"][:1]})
+    with pytest.raises(ValueError, match="count"):
+        sparse.decode_relative({**rel, "count": rel["count"] + 1})
+    with pytest.raises(TypeError, match="code must be a dict"):
+        sparse.decode_csr([1, 2])
