@@ -11,6 +11,7 @@ Training reuses `lwkit.train.fit`: `KDLoss` is a `loss_fn(logits, y, x)` that ru
 
 from __future__ import annotations
 
+import math
 import numbers
 
 import torch
@@ -19,10 +20,13 @@ from torch import nn
 
 from lwkit import train
 
+__all__ = ["CachedTeacher", "HintLoss", "HintedStudent", "KDLoss", "distill", "kd_loss", "soft_targets"]
+
 
 def _check_temperature(temperature) -> None:
-    if isinstance(temperature, bool) or not isinstance(temperature, numbers.Real) or not temperature > 0:
-        raise ValueError(f"temperature must be a number > 0, got {temperature!r}")
+    if (isinstance(temperature, bool) or not isinstance(temperature, numbers.Real)
+            or not math.isfinite(temperature) or not temperature > 0):
+        raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
 
 
 def _check_alpha(alpha) -> None:
@@ -30,8 +34,28 @@ def _check_alpha(alpha) -> None:
         raise ValueError(f"alpha must be a number in [0, 1], got {alpha!r}")
 
 
+def _check_module(value, name: str) -> None:
+    if not isinstance(value, nn.Module):
+        raise TypeError(f"{name} must be a torch.nn.Module, got {type(value).__name__}")
+
+
+def _check_logits(logits, name: str, *, batched: bool = True) -> None:
+    """Finite float logits; (batch, classes) with batch >= 1 when `batched`."""
+    if not isinstance(logits, torch.Tensor) or not logits.is_floating_point():
+        got = logits.dtype if isinstance(logits, torch.Tensor) else type(logits).__name__
+        raise TypeError(f"{name} must be a floating-point tensor, got {got}")
+    if batched and (logits.ndim != 2 or logits.shape[0] == 0 or logits.shape[1] == 0):
+        raise ValueError(f"{name} must be (batch, classes) with batch >= 1, got shape {tuple(logits.shape)}; "
+                         "for one example use logits.unsqueeze(0)")
+    if not batched and (logits.ndim == 0 or logits.shape[-1] == 0):
+        raise ValueError(f"{name} must have a classes dimension (the last), got shape {tuple(logits.shape)}")
+    if not bool(torch.isfinite(logits).all()):
+        raise ValueError(f"{name} must be finite, got nan or inf (a diverged model, or inputs with nan?)")
+
+
 def soft_targets(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-    """softmax(logits / T): T = 1 is the usual softmax, larger T spreads the probability mass."""
+    """softmax(logits / T) over the last dimension: T = 1 is the usual softmax, larger T spreads the mass."""
+    _check_logits(logits, "logits", batched=False)
     _check_temperature(temperature)
     return torch.softmax(logits / temperature, dim=-1)  # (batch, classes)
 
@@ -43,15 +67,27 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: 
     Args:
         student_logits: (batch, classes), with gradient.
         teacher_logits: (batch, classes); treated as constants (detached).
-        labels: (batch,) true class indices.
-        temperature: T > 0 that softens both distributions in the soft term.
+        labels: (batch,) true class indices (integers in [0, classes)).
+        temperature: finite T > 0 that softens both distributions in the soft term.
         alpha: weight in [0, 1] of the soft term; alpha = 0 is plain cross-entropy, 1 is pure imitation.
+
+    Unbatched (classes,) logits are refused: 'batchmean' would divide the soft term by the classes.
     """
     _check_temperature(temperature)
     _check_alpha(alpha)
+    _check_logits(student_logits, "student_logits")
+    _check_logits(teacher_logits, "teacher_logits")
     if student_logits.shape != teacher_logits.shape:
         raise ValueError(f"student and teacher logits must have the same shape, got {tuple(student_logits.shape)} "
                          f"and {tuple(teacher_logits.shape)}")
+    n, classes = student_logits.shape
+    if (not isinstance(labels, torch.Tensor) or labels.dtype == torch.bool or labels.is_floating_point()
+            or labels.is_complex() or labels.shape != (n,)):
+        got = f"{labels.dtype} of shape {tuple(labels.shape)}" if isinstance(labels, torch.Tensor) else type(labels).__name__
+        raise ValueError(f"labels must be a 1-D integer tensor of class indices shaped ({n},), got {got}")
+    if int(labels.min()) < 0 or int(labels.max()) >= classes:
+        raise ValueError(f"labels must be class indices in [0, {classes}), got values from {int(labels.min())} "
+                         f"to {int(labels.max())}")
     log_p_student = F.log_softmax(student_logits / temperature, dim=-1)  # (batch, classes)
     p_teacher = F.softmax(teacher_logits.detach() / temperature, dim=-1)  # (batch, classes)
     # KL(p_teacher || p_student) = sum p_teacher * (log p_teacher - log p_student), mean over the batch
@@ -68,14 +104,15 @@ class KDLoss(nn.Module):
 
     def __init__(self, teacher: nn.Module, *, temperature: float = 4.0, alpha: float = 0.9):
         super().__init__()
-        if not isinstance(teacher, nn.Module):
-            raise TypeError(f"teacher must be a torch.nn.Module, got {type(teacher).__name__}")
+        _check_module(teacher, "teacher")
         _check_temperature(temperature)
         _check_alpha(alpha)
         self.teacher = teacher.eval().requires_grad_(False)
         self.temperature, self.alpha = temperature, alpha
 
     def forward(self, logits: torch.Tensor, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"x must be the batch of inputs (a tensor), got {type(x).__name__}")
         self.teacher.eval()
         with torch.no_grad():
             teacher_logits = self.teacher(x)  # (batch, classes)
@@ -87,21 +124,28 @@ class CachedTeacher(nn.Module):
 
     Distillation without augmentation shows the teacher the same training images every epoch; running it
     again each time costs more than training a small student. Each input row is found by a hash of its
-    bytes and checked for exact equality; rows not in the table (augmented or new images) go through the
-    teacher, so the outputs always equal `teacher(x)` (up to float rounding of batched evaluation).
+    bytes and checked for exact equality. A row not in the table (an augmented or new image) raises a
+    ValueError by default (`on_miss='error'`: a cache that silently runs the teacher hides the cost it was
+    meant to save); with `on_miss='teacher'` such rows go through the teacher, so the outputs always equal
+    `teacher(x)` (up to float rounding of batched evaluation).
     """
 
-    def __init__(self, teacher: nn.Module, inputs: torch.Tensor, *, batch_size: int = 1000):
+    def __init__(self, teacher: nn.Module, inputs: torch.Tensor, *, batch_size: int = 1000,
+                 on_miss: str = "error"):
         super().__init__()
-        if not isinstance(teacher, nn.Module):
-            raise TypeError(f"teacher must be a torch.nn.Module, got {type(teacher).__name__}")
+        _check_module(teacher, "teacher")
         if not isinstance(inputs, torch.Tensor) or inputs.dtype != torch.float32 or inputs.ndim < 2 or not len(inputs):
             raise ValueError(f"inputs must be a non-empty float32 (n, ...) tensor, got {inputs!r:.60}")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
+            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        if on_miss not in ("error", "teacher"):
+            raise ValueError(f"on_miss must be 'error' or 'teacher', got {on_miss!r}")
+        self.on_miss = on_miss
         self.teacher = teacher.eval().requires_grad_(False)
         self.inputs = inputs.detach().cpu().contiguous()  # (n, ...) kept to verify each hit exactly
         self._weights = torch.randint(-2**31, 2**31, (self.inputs[0].numel(),),
                                       generator=torch.Generator().manual_seed(0))  # (features,) int64
-        device = next(teacher.parameters()).device
+        device = next(teacher.parameters(), torch.empty(0)).device
         with torch.no_grad():
             self.logits = torch.cat([teacher(self.inputs[i: i + batch_size].to(device)).float().cpu()
                                      for i in range(0, len(self.inputs), batch_size)])  # (n, classes)
@@ -115,12 +159,20 @@ class CachedTeacher(nn.Module):
         return (bits * self._weights).sum(1)  # (batch,)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not isinstance(x, torch.Tensor) or x.ndim < 1 or tuple(x.shape[1:]) != tuple(self.inputs.shape[1:]):
+            got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+            raise ValueError(f"x must be a batch shaped (batch, {', '.join(map(str, self.inputs.shape[1:]))}) like "
+                             f"the cached inputs, got {got}")
         x_cpu = x.detach().float().cpu().contiguous()
         keys = self._hash(x_cpu)
         pos = torch.searchsorted(self.keys, keys).clamp(max=len(self.keys) - 1)
         rows = self.order[pos]  # (batch,) candidate rows of the table
         hit = (self.keys[pos] == keys) & (self.inputs[rows] == x_cpu).reshape(len(x), -1).all(1)
         out = self.logits[rows].clone()  # (batch, classes)
+        if not hit.all() and self.on_miss == "error":
+            raise ValueError(f"{int((~hit).sum())} of {len(x)} inputs are not in the CachedTeacher's cache "
+                             "(augmented, or not the images it was built on): build it on the inputs the student "
+                             "sees, or pass on_miss='teacher' to run the teacher on them")
         if not hit.all():
             with torch.no_grad():
                 out[~hit] = self.teacher(x[~hit.to(x.device)]).float().cpu()
@@ -130,12 +182,14 @@ class CachedTeacher(nn.Module):
 def distill(student: nn.Module, teacher: nn.Module, train_loader, *, temperature: float = 4.0,
             alpha: float = 0.9, **fit_kwargs) -> train.History:
     """Train `student` in place on `teacher`'s soft targets plus the labels; `fit_kwargs` go to `train.fit`."""
-    if not isinstance(student, nn.Module):
-        raise TypeError(f"student must be a torch.nn.Module, got {type(student).__name__}")
+    _check_module(student, "student")
+    _check_module(teacher, "teacher")
     if "loss_fn" in fit_kwargs:
         raise TypeError("distill sets loss_fn itself; call lwkit.train.fit for a custom loss")
+    _check_temperature(temperature)
+    _check_alpha(alpha)
     if not isinstance(teacher, CachedTeacher):
-        device = torch.device(fit_kwargs.get("device") or train.default_device())
+        device = train._as_device(fit_kwargs.get("device")) or train.default_device()
         teacher = teacher.to(device)
     loss = KDLoss(teacher, temperature=temperature, alpha=alpha)
     fit_kwargs.setdefault("desc", f"distill (T={temperature:g}, alpha={alpha:g})")
@@ -146,11 +200,13 @@ def distill(student: nn.Module, teacher: nn.Module, train_loader, *, temperature
 # Hints (FitNets, Romero et al. 2015): the student also matches an intermediate feature map of the teacher.
 
 
-def _module(model: nn.Module, name: str) -> nn.Module:
+def _module(model: nn.Module, name: str, arg: str) -> nn.Module:
+    if not isinstance(name, str):
+        raise TypeError(f"{arg} must be a layer name (str), got {name!r}")
     modules = dict(model.named_modules())
     if name not in modules or name == "":
         valid = [n for n in modules if n]
-        raise ValueError(f"no layer named {name!r}; valid names: {valid}")
+        raise ValueError(f"{arg}: no layer named {name!r}; valid names: {valid}")
     return modules[name]
 
 
@@ -164,16 +220,31 @@ class HintedStudent(nn.Module):
     def __init__(self, student: nn.Module, teacher: nn.Module, example_input: torch.Tensor, *,
                  student_layer: str, teacher_layer: str):
         super().__init__()
+        _check_module(student, "student")
+        _check_module(teacher, "teacher")
+        if not isinstance(example_input, torch.Tensor) or example_input.ndim == 0 or not len(example_input):
+            raise ValueError(f"example_input must be a non-empty batch tensor, got {example_input!r:.60}")
         self.student = student
         self.teacher = [teacher.eval().requires_grad_(False)]  # a list: not a submodule, so not trained or saved
         self._features: dict[str, torch.Tensor] = {}
-        self._handles = [_module(student, student_layer).register_forward_hook(self._keep("student")),
-                         _module(teacher, teacher_layer).register_forward_hook(self._keep("teacher"))]
-        with torch.no_grad():
-            was_training = student.training
-            student.eval()
-            student(example_input[:2])
-            teacher(example_input[:2])
+        student_module = _module(student, student_layer, "student_layer")
+        teacher_module = _module(teacher, teacher_layer, "teacher_layer")
+        self._handles = [student_module.register_forward_hook(self._keep("student")),
+                         teacher_module.register_forward_hook(self._keep("teacher"))]
+        was_training = student.training
+        try:  # one forward pass to size the regressor; the user's models get their hooks removed on failure
+            with torch.no_grad():
+                student.eval()
+                student(example_input[:2])
+                teacher(example_input[:2])
+            for who, layer in (("student", student_layer), ("teacher", teacher_layer)):
+                if who not in self._features:
+                    raise ValueError(f"{who}_layer {layer!r} is not run by the {who}'s forward pass (or returns "
+                                     "no tensor)")
+        except BaseException:
+            self.remove_hooks()
+            raise
+        finally:
             student.train(was_training)
         s_dim = self._features["student"][0].numel()
         t_dim = self._features["teacher"][0].numel()
@@ -182,7 +253,8 @@ class HintedStudent(nn.Module):
 
     def _keep(self, name: str):
         def hook(module, inputs, output):
-            self._features[name] = output.flatten(1)  # (batch, features)
+            if isinstance(output, torch.Tensor):
+                self._features[name] = output.flatten(1)  # (batch, features)
         return hook
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -204,6 +276,9 @@ class HintedStudent(nn.Module):
     def hint_terms(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(regressed student feature, teacher feature, teacher logits) of the last training batch."""
         f = self._features
+        if not {"student", "teacher", "teacher_logits"} <= set(f):
+            raise RuntimeError("no hint features from a training batch: call the HintedStudent in train mode (fit does "
+                               "this) before HintLoss, and not after remove_hooks()")
         return self.regressor(f["student"]), f["teacher"].detach(), f["teacher_logits"]
 
 
@@ -212,10 +287,12 @@ class HintLoss(nn.Module):
 
     def __init__(self, hinted: HintedStudent, *, temperature: float = 4.0, alpha: float = 0.9, beta: float = 1.0):
         super().__init__()
+        if not isinstance(hinted, HintedStudent):
+            raise TypeError(f"hinted must be a HintedStudent, got {type(hinted).__name__}")
         _check_temperature(temperature)
         _check_alpha(alpha)
-        if isinstance(beta, bool) or not isinstance(beta, numbers.Real) or beta < 0:
-            raise ValueError(f"beta must be a number >= 0, got {beta!r}")
+        if isinstance(beta, bool) or not isinstance(beta, numbers.Real) or not math.isfinite(beta) or beta < 0:
+            raise ValueError(f"beta must be a finite number >= 0, got {beta!r}")
         self.hinted = [hinted]
         self.temperature, self.alpha, self.beta = temperature, alpha, beta
 

@@ -5,18 +5,26 @@ the top k layers (`finetune_top_k`, k = 1 is a linear probe), the biases (`bitfi
 `Adapter`s after chosen layers (`add_adapters`), or a low-rank update of chosen weights (`LoRALinear`,
 `add_lora`). `trainable_report` counts what trains and what must be stored per task.
 The helpers change the model in place and also return it; `keep_trainable` names modules (usually the
-task head) that train in full alongside the method.
+task head) that train in full alongside the method. Each helper checks every argument (names, rank, alpha,
+bottleneck, k) before it touches the model, and puts the model back as it was (modules and requires_grad
+flags) if anything fails part-way, so a corrected re-run of the same cell works.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import numbers
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
+
+__all__ = [
+    "Adapter", "LoRALinear", "TrainableReport", "WithAdapter", "add_adapters", "add_lora", "bitfit",
+    "finetune_top_k", "freeze", "layers", "merge_lora", "trainable_report", "unfreeze",
+]
 
 # ---------------------------------------------------------------------------------------------------------
 # Finding layers by name
@@ -28,22 +36,69 @@ def _named_modules(model: nn.Module) -> dict[str, nn.Module]:
     return {name: m for name, m in model.named_modules() if name}
 
 
-def _lookup(model: nn.Module, names, *, kind: type | None = None, what: str = "layer") -> list[tuple[str, nn.Module]]:
+def _check_names(names, arg: str, *, allow_empty: bool) -> list[str]:
+    """A list of distinct module names; a single str is refused (it would be read letter by letter)."""
+    if isinstance(names, str):
+        raise TypeError(f"{arg} must be a list or tuple of module names, got the str {names!r}; "
+                        f"for one name write [{names!r}]")
+    if not isinstance(names, Sequence):
+        raise TypeError(f"{arg} must be a list or tuple of module names, got {type(names).__name__}")
+    names = list(names)
+    if any(not isinstance(n, str) for n in names):
+        raise TypeError(f"{arg} must hold module names (str), got {names!r}")
+    if len(set(names)) != len(names):
+        raise ValueError(f"{arg} names a module more than once: {names!r}")
+    if not names and not allow_empty:
+        raise ValueError(f"{arg} must name at least one module, got {names!r}")
+    return names
+
+
+def _lookup(model: nn.Module, names, *, arg: str = "names", kind: type | None = None, what: str = "layer",
+            allow_empty: bool = True) -> list[tuple[str, nn.Module]]:
     """(name, module) for each name, or a ValueError listing the valid names (of `kind` if given)."""
-    if isinstance(names, str) or not isinstance(names, Sequence):
-        raise TypeError(f"layer names must be a list or tuple of strings, got {names!r}")
+    names = _check_names(names, arg, allow_empty=allow_empty)
     modules = _named_modules(model)
-    valid = [n for n, m in modules.items() if kind is None or type(m) is kind]
+    wrapped = [n for n, m in modules.items() if isinstance(m, (LoRALinear, WithAdapter))]
+    valid = [n for n, m in modules.items() if kind is None
+             or (type(m) is kind and not any(n.startswith(w + ".") for w in wrapped))]  # not inside a wrapper
     bad = [n for n in names if n not in valid]
     if bad:
-        raise ValueError(f"no {what} named {bad} in {type(model).__name__}; valid names: {valid}")
+        raise ValueError(f"{arg}: no {what} named {bad} in {type(model).__name__}; valid names: {valid}")
     return [(n, modules[n]) for n in names]
+
+
+def _check_disjoint(targets: list[str], keep: list[str]) -> None:
+    """keep_trainable must not contain, be or sit inside a target (it would train the frozen base in full)."""
+    clash = [k for k in keep for t in targets if k == t or t.startswith(k + ".") or k.startswith(t + ".")]
+    if clash:
+        raise ValueError(f"keep_trainable {clash} overlaps targets {targets}: it would train the wrapped layer's "
+                         "frozen weights in full; keep_trainable is for other modules (usually the head)")
 
 
 def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
     parent_name, _, child = name.rpartition(".")
     parent = model.get_submodule(parent_name) if parent_name else model
     setattr(parent, child, new)
+
+
+@contextlib.contextmanager
+def _restore_on_error(model: nn.Module) -> Iterator[list[tuple[str, nn.Module]]]:
+    """Undo module replacements (logged in the yielded list) and requires_grad changes if the block raises."""
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    replaced: list[tuple[str, nn.Module]] = []  # (name, original module)
+    try:
+        yield replaced
+    except BaseException:  # KeyboardInterrupt included
+        for name, original in reversed(replaced):
+            _replace(model, name, original)
+        for p, flag in flags:
+            p.requires_grad_(flag)
+        raise
+
+
+def _swap(model: nn.Module, name: str, new: nn.Module, log: list[tuple[str, nn.Module]]) -> None:
+    log.append((name, model.get_submodule(name)))
+    _replace(model, name, new)
 
 
 def freeze(model: nn.Module) -> nn.Module:
@@ -54,8 +109,10 @@ def freeze(model: nn.Module) -> nn.Module:
 
 def unfreeze(model: nn.Module, names: Sequence[str]) -> nn.Module:
     """Make every parameter of the named modules trainable (e.g. the task head)."""
-    for _, module in _lookup(model, names, what="module"):
-        module.requires_grad_(True)
+    found = _lookup(model, names, what="module")
+    with _restore_on_error(model):
+        for _, module in found:
+            module.requires_grad_(True)
     return model
 
 
@@ -72,32 +129,40 @@ def layers(model: nn.Module) -> list[str]:
 def finetune_top_k(model: nn.Module, k: int) -> nn.Module:
     """Freeze everything but the last `k` parametrised layers (k = 1: a linear probe on the head)."""
     names = layers(model)
-    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= len(names):
+    if isinstance(k, bool) or not isinstance(k, numbers.Integral) or not 1 <= k <= len(names):
         raise ValueError(f"k must be an int in [1, {len(names)}] (the model's parametrised layers: {names}), got {k!r}")
-    freeze(model)
-    return unfreeze(model, names[-k:])
+    with _restore_on_error(model):
+        freeze(model)
+        return unfreeze(model, names[-int(k):])
 
 
 def bitfit(model: nn.Module, *, keep_trainable: Sequence[str] = ()) -> nn.Module:
     """BitFit (Ben Zaken et al. 2022): train only the bias vectors (plus the modules in `keep_trainable`)."""
-    freeze(model)
-    for name, p in model.named_parameters():
-        if name.rsplit(".", 1)[-1] == "bias":
+    found = _lookup(model, keep_trainable, arg="keep_trainable", what="module")
+    biases = [p for name, p in model.named_parameters() if name.rsplit(".", 1)[-1] == "bias"]
+    if not biases and not found:
+        raise ValueError(f"{type(model).__name__} has no bias parameters, so BitFit would train nothing; "
+                         "name the modules to train in keep_trainable")
+    with _restore_on_error(model):
+        freeze(model)
+        for p in biases:
             p.requires_grad_(True)
-    return unfreeze(model, keep_trainable)
+        for _, module in found:
+            module.requires_grad_(True)
+    return model
 
 
 # ---------------------------------------------------------------------------------------------------------
 # LoRA (Hu et al. 2021): W x + (alpha / r) * B A x, with W frozen, A (r, in) and B (out, r) trained
 
 
-def _check_rank_alpha(rank, alpha, in_features: int, out_features: int) -> None:
+def _check_rank_alpha(rank, alpha, in_features: int, out_features: int, where: str = "") -> None:
     limit = min(in_features, out_features)
-    if isinstance(rank, bool) or not isinstance(rank, int) or not 1 <= rank <= limit:
-        raise ValueError(f"rank must be an int in [1, {limit}] for a {in_features} -> {out_features} layer "
+    if isinstance(rank, bool) or not isinstance(rank, numbers.Integral) or not 1 <= rank <= limit:
+        raise ValueError(f"rank must be an int in [1, {limit}] for {where}a {in_features} -> {out_features} layer "
                          f"(a larger rank is no longer low-rank), got {rank!r}")
-    if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real) or not alpha > 0:
-        raise ValueError(f"alpha must be a number > 0, got {alpha!r}")
+    if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real) or not math.isfinite(alpha) or not alpha > 0:
+        raise ValueError(f"alpha must be a finite number > 0, got {alpha!r}")
 
 
 class LoRALinear(nn.Module):
@@ -112,6 +177,7 @@ class LoRALinear(nn.Module):
         if not isinstance(base, nn.Linear):
             raise TypeError(f"base must be a torch.nn.Linear, got {type(base).__name__}")
         _check_rank_alpha(rank, alpha, base.in_features, base.out_features)
+        rank, alpha = int(rank), float(alpha)
         self.base = base.requires_grad_(False)
         self.rank, self.alpha, self.scaling = rank, alpha, alpha / rank
         w = base.weight
@@ -143,19 +209,32 @@ class LoRALinear(nn.Module):
 
 def add_lora(model: nn.Module, targets: Sequence[str], *, rank: int = 4, alpha: float = 8.0,
              keep_trainable: Sequence[str] = ()) -> nn.Module:
-    """Freeze `model` and wrap each nn.Linear named in `targets` in a LoRALinear (in place)."""
-    found = _lookup(model, targets, kind=nn.Linear, what="nn.Linear")
-    freeze(model)
+    """Freeze `model` and wrap each nn.Linear named in `targets` in a LoRALinear (in place).
+
+    Every target, the rank (an int in [1, min(in, out)] for each target), alpha (finite, > 0) and
+    `keep_trainable` are checked first; if anything fails part-way the model is put back unchanged.
+    """
+    found = _lookup(model, targets, arg="targets", kind=nn.Linear, what="nn.Linear", allow_empty=False)
+    keep = _lookup(model, keep_trainable, arg="keep_trainable", what="module")
+    _check_disjoint([n for n, _ in found], [n for n, _ in keep])
     for name, linear in found:
-        _replace(model, name, LoRALinear(linear, rank=rank, alpha=alpha))
-    return unfreeze(model, keep_trainable)
+        _check_rank_alpha(rank, alpha, linear.in_features, linear.out_features, where=f"{name!r}, ")
+    with _restore_on_error(model) as log:
+        freeze(model)
+        for name, linear in found:
+            _swap(model, name, LoRALinear(linear, rank=rank, alpha=alpha), log)
+        for _, module in keep:
+            module.requires_grad_(True)
+    return model
 
 
 def merge_lora(model: nn.Module) -> nn.Module:
     """Replace every LoRALinear in `model` by its merged nn.Linear (in place)."""
-    for name, module in list(_named_modules(model).items()):
-        if isinstance(module, LoRALinear):
-            _replace(model, name, module.merge())
+    modules = _named_modules(model)
+    with _restore_on_error(model) as log:
+        for name, module in list(modules.items()):
+            if isinstance(module, LoRALinear):
+                _swap(model, name, module.merge(), log)
     return model
 
 
@@ -163,15 +242,22 @@ def merge_lora(model: nn.Module) -> nn.Module:
 # Bottleneck adapters (Houlsby et al. 2019): h + up(relu(down(h))) after a frozen layer
 
 
+def _check_bottleneck(bottleneck, features: int, where: str = "") -> None:
+    if isinstance(bottleneck, bool) or not isinstance(bottleneck, numbers.Integral) or not 1 <= bottleneck <= features:
+        raise ValueError(f"bottleneck must be an int in [1, {features}] for {where}{features} features, "
+                         f"got {bottleneck!r}")
+
+
 class Adapter(nn.Module):
     """A residual bottleneck: h + up(relu(down(h))), with `up` at zero so it starts as the identity."""
 
     def __init__(self, features: int, bottleneck: int = 16):
         super().__init__()
-        if isinstance(bottleneck, bool) or not isinstance(bottleneck, int) or not 1 <= bottleneck <= features:
-            raise ValueError(f"bottleneck must be an int in [1, {features}], got {bottleneck!r}")
-        self.down = nn.Linear(features, bottleneck)
-        self.up = nn.Linear(bottleneck, features)
+        if isinstance(features, bool) or not isinstance(features, numbers.Integral) or features < 1:
+            raise ValueError(f"features must be a positive int, got {features!r}")
+        _check_bottleneck(bottleneck, features)
+        self.down = nn.Linear(int(features), int(bottleneck))
+        self.up = nn.Linear(int(bottleneck), int(features))
         nn.init.zeros_(self.up.weight)
         nn.init.zeros_(self.up.bias)
 
@@ -195,12 +281,22 @@ class WithAdapter(nn.Module):
 
 def add_adapters(model: nn.Module, targets: Sequence[str], *, bottleneck: int = 16,
                  keep_trainable: Sequence[str] = ()) -> nn.Module:
-    """Freeze `model` and put a bottleneck Adapter after each nn.Linear named in `targets` (in place)."""
-    found = _lookup(model, targets, kind=nn.Linear, what="nn.Linear")
-    freeze(model)
+    """Freeze `model` and put a bottleneck Adapter after each nn.Linear named in `targets` (in place).
+
+    All arguments are checked first; if anything fails part-way the model is put back unchanged.
+    """
+    found = _lookup(model, targets, arg="targets", kind=nn.Linear, what="nn.Linear", allow_empty=False)
+    keep = _lookup(model, keep_trainable, arg="keep_trainable", what="module")
+    _check_disjoint([n for n, _ in found], [n for n, _ in keep])
     for name, linear in found:
-        _replace(model, name, WithAdapter(linear, bottleneck))
-    return unfreeze(model, keep_trainable)
+        _check_bottleneck(bottleneck, linear.out_features, where=f"{name!r} with ")
+    with _restore_on_error(model) as log:
+        freeze(model)
+        for name, linear in found:
+            _swap(model, name, WithAdapter(linear, bottleneck), log)
+        for _, module in keep:
+            module.requires_grad_(True)
+    return model
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -1,30 +1,79 @@
-"""Training and evaluation: `fit`, `evaluate`, seeding, and cached trained baselines."""
+"""Training and evaluation: `fit`, `evaluate`, seeding.
+
+The cached trained baselines (`baseline`, `train_baseline`, `BaselineConfig`, ...) and the checkpoint files
+live in `lwkit.checkpoints`; they are also reachable here as `lwkit.train.baseline` etc.
+"""
 
 from __future__ import annotations
 
-import hashlib
-import json
+import math
+import numbers
 import os
 import random
 import sys
 import time
-from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from torch import nn
 
-from lwkit import data, models
+__all__ = ["History", "default_device", "evaluate", "fit", "progress_bar", "seed_everything"]
 
-CACHE_VERSION = 1  # bump when training code changes in a way that changes the weights
+# Names that moved to lwkit.checkpoints, still importable from here (lwkit.train.baseline, ...).
+_MOVED = ("BASELINE_DEFAULTS", "CACHE_VERSION", "BaselineConfig", "baseline", "baseline_config", "checkpoint_path",
+          "train_baseline", "save_checkpoint", "load_checkpoint", "checkpoint_lock")
+
+
+def __getattr__(name: str):
+    if name in _MOVED:  # imported on first use: lwkit.checkpoints itself imports this module
+        from lwkit import checkpoints
+        return getattr(checkpoints, name)
+    raise AttributeError(f"module 'lwkit.train' has no attribute {name!r}")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Argument checks (each error names the argument, the value and what is allowed)
+
+
+def _check_seed(seed, name: str = "seed") -> None:
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed < 2**32:
+        raise ValueError(f"{name} must be an int in [0, 2**32), got {seed!r}")
+
+
+def _check_positive_int(value, name: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value <= 0:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+
+
+def _check_real(value, name: str, *, positive: bool) -> None:
+    """A finite real number, > 0 if `positive`, else >= 0 (bools, strings, nan and inf rejected)."""
+    ok = (not isinstance(value, bool) and isinstance(value, numbers.Real) and math.isfinite(value)
+          and (value > 0 if positive else value >= 0))
+    if not ok:
+        raise ValueError(f"{name} must be a finite number {'> 0' if positive else '>= 0'}, got {value!r}")
+
+
+def _check_bool(value, name: str) -> None:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+
+
+def _as_device(device) -> torch.device | None:
+    if device is None:
+        return None
+    if not isinstance(device, (str, torch.device)):
+        raise TypeError(f"device must be a str, a torch.device or None, got {type(device).__name__}")
+    try:
+        return torch.device(device)
+    except RuntimeError as exc:
+        raise ValueError(f"device must name a torch device such as 'cpu' or 'cuda', got {device!r}") from exc
 
 
 def seed_everything(seed: int) -> None:
     """Seed Python, NumPy and PyTorch (all devices)."""
-    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
-        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+    _check_seed(seed)
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
@@ -41,6 +90,12 @@ def default_device() -> torch.device:
 
 def progress_bar(total: int, desc: str, enabled: bool = True):
     """A tqdm bar: widget bar in a live notebook, text bar in a terminal or a headless run."""
+    if isinstance(total, bool) or not isinstance(total, int) or total < 0:
+        raise ValueError(f"total must be an int >= 0, got {total!r}")
+    if not isinstance(desc, str):
+        raise TypeError(f"desc must be a str, got {type(desc).__name__}")
+    if not isinstance(enabled, bool):
+        raise TypeError(f"enabled must be True or False, got {enabled!r}")
     if os.environ.get("LWKIT_HEADLESS") == "1":
         from tqdm.std import tqdm
         return tqdm(total=total, desc=desc, disable=not enabled, file=sys.stdout, mininterval=10, ncols=100)
@@ -48,9 +103,15 @@ def progress_bar(total: int, desc: str, enabled: bool = True):
     return tqdm(total=total, desc=desc, disable=not enabled)
 
 
-def _check_loader(loader, name: str) -> None:
-    if not isinstance(loader, Iterable):
-        raise TypeError(f"{name} must be an iterable of (inputs, labels) batches, got {type(loader).__name__}")
+def _check_loader(loader, name: str, *, reiterable: bool) -> None:
+    """An iterable of batches; `reiterable` loaders are iterated once per epoch, so no one-shot iterators."""
+    if isinstance(loader, (str, bytes, torch.Tensor)) or not isinstance(loader, Iterable):
+        raise TypeError(f"{name} must be an iterable of (inputs, labels) batches (a lwkit.data.BatchLoader, a "
+                        f"torch DataLoader or a list of pairs), got {type(loader).__name__}")
+    if reiterable and isinstance(loader, Iterator):
+        raise TypeError(f"{name} is a one-shot iterator ({type(loader).__name__}): fit goes over it once per epoch, "
+                        f"and a generator is empty after the first; pass a list of batches (list({name})), "
+                        "a lwkit.data.BatchLoader or a torch DataLoader")
     try:
         empty = len(loader) == 0
     except TypeError:
@@ -59,21 +120,81 @@ def _check_loader(loader, name: str) -> None:
         raise ValueError(f"{name} is empty: it yields no batches")
 
 
+def _num_batches(loader, name: str) -> int:
+    """len(loader), or the batches of one pass for a re-iterable loader without len()."""
+    try:
+        n = len(loader)
+    except TypeError:
+        n = sum(1 for _ in loader)
+    if n == 0:
+        raise ValueError(f"{name} is empty: it yields no batches")
+    return n
+
+
+def _unpack(batch, name: str, where: str) -> tuple[torch.Tensor, torch.Tensor]:
+    if not isinstance(batch, (tuple, list)) or len(batch) != 2:
+        size = f" of length {len(batch)}" if isinstance(batch, (tuple, list)) else ""
+        raise TypeError(f"each batch of {name} must be an (inputs, labels) pair, got {type(batch).__name__}{size} "
+                        f"at {where}")
+    x, y = batch
+    if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor):
+        raise TypeError(f"each batch of {name} must hold two tensors (inputs, labels), got "
+                        f"({type(x).__name__}, {type(y).__name__}) at {where}")
+    if x.ndim == 0 or len(x) == 0:
+        raise ValueError(f"{name} yielded an empty batch (inputs of shape {tuple(x.shape)}) at {where}: "
+                         "every batch needs at least one example")
+    return x, y
+
+
+def _check_outputs(logits, y: torch.Tensor, name: str, where: str) -> None:
+    """logits (batch, classes) and labels (batch,) of integer class indices in [0, classes)."""
+    if not isinstance(logits, torch.Tensor) or logits.ndim != 2:
+        got = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+        raise ValueError(f"model must return (batch, classes) logits, got {got} at {where}")
+    n, classes = logits.shape
+    if y.ndim != 1 or len(y) != n or y.dtype == torch.bool or y.is_floating_point() or y.is_complex():
+        raise ValueError(
+            f"labels from {name} must be a 1-D integer tensor of class indices, one per example (shape ({n},)), "
+            f"got {y.dtype} labels of shape {tuple(y.shape)} at {where}; one-hot labels: pass y.argmax(1), "
+            "labels shaped (n, 1): y.squeeze(1), float labels: y.long()")
+    if n and (int(y.min()) < 0 or int(y.max()) >= classes):
+        raise ValueError(f"labels from {name} must be class indices in [0, {classes}) for {classes} logits, "
+                         f"got values from {int(y.min())} to {int(y.max())} at {where}")
+
+
+def _first_nonfinite(model: nn.Module) -> str | None:
+    for name, p in model.named_parameters():
+        if p.is_floating_point() and not bool(torch.isfinite(p).all()):
+            return name
+    return None
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, loader, *, device: torch.device | str | None = None) -> float:
-    """Top-1 accuracy in [0, 1] of `model` over every batch of `loader`."""
+    """Top-1 accuracy in [0, 1] of `model` over every batch of `loader` (any iterable of (x, y) batches).
+
+    Labels must be (batch,) integer class indices (not one-hot, not (n, 1)); a model whose logits are not
+    finite raises instead of scoring a meaningless 10 %. The model's train/eval mode is restored afterwards.
+    """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    _check_loader(loader, "loader")
-    device = torch.device(device) if device is not None else next(_devices(model), torch.device("cpu"))
+    _check_loader(loader, "loader", reiterable=False)
+    device = _as_device(device) or next(_devices(model), torch.device("cpu"))
     was_training = model.training
     model.eval()
     correct = total = 0
-    for x, y in loader:
-        logits = model(x.to(device))
-        correct += (logits.argmax(1).cpu() == y).sum().item()
-        total += len(y)
-    model.train(was_training)
+    try:
+        for i, batch in enumerate(loader, 1):
+            x, y = _unpack(batch, "loader", f"batch {i}")
+            logits = model(x.to(device))
+            _check_outputs(logits, y, "loader", f"batch {i}")
+            if not bool(torch.isfinite(logits).all()):
+                raise ValueError(f"model returned non-finite (nan/inf) logits at batch {i}: its weights have "
+                                 "probably diverged, so its accuracy means nothing; retrain it with a lower lr")
+            correct += (logits.argmax(1).cpu() == y.cpu()).sum().item()
+            total += len(y)
+    finally:
+        model.train(was_training)
     if total == 0:
         raise ValueError("loader is empty: it yields no examples")
     return correct / total
@@ -109,39 +230,52 @@ def fit(
     desc: str = "train",
     after_step: Callable[[nn.Module], None] | None = None,
 ) -> History:
-    """Train `model` in place and return its History.
+    """Train `model` in place and return its History; the model is left in eval mode (also on an error).
 
     Args:
+        train_loader: a re-iterable of (inputs, labels) batches (BatchLoader, DataLoader, list); a generator
+            is refused because it is empty after one epoch. Labels are (batch,) integer class indices.
         epochs: passes over `train_loader` (> 0).
-        lr: peak learning rate (> 0).
+        lr: peak learning rate, a finite number > 0.
+        weight_decay: finite, >= 0.
         optimizer: 'adam' (AdamW) or 'sgd' (momentum 0.9, Nesterov).
         schedule: 'cosine' (decay to 0 over all steps) or 'constant'.
         loss_fn: `loss_fn(logits, labels, inputs) -> loss`; cross-entropy by default. Distillation passes its own.
         after_step: called with the model after each optimiser step (e.g. to re-apply a pruning mask).
+
+    Raises FloatingPointError at the first non-finite loss (naming epoch, step and loss; the weights are
+    those from before that step), or when an epoch ends with non-finite weights.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    _check_loader(train_loader, "train_loader")
-    if not isinstance(epochs, int) or epochs <= 0:
-        raise ValueError(f"epochs must be a positive int, got {epochs!r}")
-    if not isinstance(lr, (int, float)) or lr <= 0:
-        raise ValueError(f"lr must be a positive number, got {lr!r}")
+    _check_loader(train_loader, "train_loader", reiterable=True)
+    _check_positive_int(epochs, "epochs")
+    _check_real(lr, "lr", positive=True)
+    _check_real(weight_decay, "weight_decay", positive=False)
     if optimizer not in ("adam", "sgd"):
         raise ValueError(f"optimizer must be 'adam' or 'sgd', got {optimizer!r}")
     if schedule not in ("cosine", "constant"):
         raise ValueError(f"schedule must be 'cosine' or 'constant', got {schedule!r}")
-    device = torch.device(device) if device is not None else default_device()
-    model.to(device)
+    if val_loader is not None:
+        _check_loader(val_loader, "val_loader", reiterable=True)
+    for fn_name, fn in (("loss_fn", loss_fn), ("after_step", after_step)):
+        if fn is not None and not callable(fn):
+            raise TypeError(f"{fn_name} must be callable or None, got {type(fn).__name__}")
+    _check_bool(progress, "progress")
+    if not isinstance(desc, str):
+        raise TypeError(f"desc must be a str, got {type(desc).__name__}")
+    device = _as_device(device) or default_device()
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("model has no trainable parameters (every requires_grad is False)")
+    steps = epochs * _num_batches(train_loader, "train_loader")
+    model.to(device)
     if optimizer == "adam":
         opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     else:
         opt = torch.optim.SGD(params, lr=lr, momentum=0.9, nesterov=True, weight_decay=weight_decay)
-    steps = epochs * len(train_loader)
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, (lambda s: 0.5 * (1 + np.cos(np.pi * s / steps))) if schedule == "cosine" else (lambda s: 1.0)
+        opt, (lambda s: 0.5 * (1 + np.cos(np.pi * min(s, steps) / steps))) if schedule == "cosine" else (lambda s: 1.0)
     )
     if loss_fn is None:
         ce = nn.CrossEntropyLoss()
@@ -149,134 +283,52 @@ def fit(
 
     history = History()
     bar = progress_bar(steps, desc, enabled=progress)
-    for _ in range(epochs):
-        start = time.perf_counter()
-        model.train()
-        loss_sum = correct = seen = 0
-        for x, y in train_loader:
-            x, y = x.to(device), y.to(device)
-            logits = model(x)
-            loss = loss_fn(logits, y, x)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            if after_step is not None:
-                after_step(model)
-            loss_sum += loss.item() * len(y)
-            correct += (logits.argmax(1) == y).sum().item()
-            seen += len(y)
-            bar.update(1)
-        history.loss.append(loss_sum / seen)
-        history.train_acc.append(correct / seen)
-        if val_loader is not None:
-            history.val_acc.append(evaluate(model, val_loader, device=device))
-        history.seconds.append(time.perf_counter() - start)
-        post = {"loss": f"{history.loss[-1]:.3f}"}
-        if history.val_acc:
-            post["val_acc"] = f"{history.val_acc[-1]:.3f}"
-        bar.set_postfix(post, refresh=False)
-    bar.close()
-    model.eval()
-    return history
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Trained baselines, cached by configuration
-
-
-@dataclass(frozen=True)
-class BaselineConfig:
-    """Everything that determines a trained baseline's weights (and so its cache key)."""
-
-    model: str = "mlp"  # 'mlp' or 'cnn'
-    epochs: int = 10  # passes over the training split (the CNN's default is 6, see BASELINE_DEFAULTS)
-    lr: float = 2e-3  # AdamW peak learning rate, cosine-decayed (the CNN's default is 3e-3)
-    batch_size: int = 128
-    weight_decay: float = 1e-4
-    augment: bool = False  # random flips and shifts
-    full: bool = False  # embedded subset (False) or the full 60k/10k set (True)
-    seed: int = 0  # seeds initialisation, shuffling and the validation split
-
-    def key(self) -> str:
-        payload = dict(asdict(self), cache_version=CACHE_VERSION, data=data.SUBSET_SHA256 if not self.full else "full",
-                       torch=torch.__version__.split("+")[0])
-        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
-
-
-# Per-model defaults, chosen so both baselines train in about 20 s on 2 cores on the embedded subset.
-BASELINE_DEFAULTS = {"mlp": {"epochs": 10, "lr": 2e-3}, "cnn": {"epochs": 6, "lr": 3e-3}}
-
-
-def baseline_config(model: str = "mlp", **overrides) -> BaselineConfig:
-    """The BaselineConfig for `model` with its defaults, then `overrides` (BaselineConfig fields)."""
-    if model not in models.MODELS:
-        raise ValueError(f"model must be one of {sorted(models.MODELS)}, got {model!r}")
-    allowed = set(BaselineConfig.__dataclass_fields__) - {"model"}
-    unknown = set(overrides) - allowed
-    if unknown:
-        raise TypeError(f"unknown baseline option(s) {sorted(unknown)}; allowed: {sorted(allowed)}")
-    return BaselineConfig(model=model, **{**BASELINE_DEFAULTS[model], **overrides})
-
-
-def checkpoint_path(config: BaselineConfig) -> Path:
-    """Where the cache keeps the baseline trained with `config`."""
-    return data.cache_dir() / "checkpoints" / f"{config.model}-{config.key()}.pt"
-
-
-def train_baseline(model: str = "mlp", *, progress: bool = True, **overrides) -> tuple[nn.Module, History]:
-    """Train a baseline from scratch (deterministic for a given config and thread count) and cache it."""
-    config = baseline_config(model, **overrides)
-    seed_everything(config.seed)
-    splits = data.fashion_mnist(full=config.full, seed=config.seed)
-    train, val, _ = splits.loaders(config.batch_size, augment=config.augment, seed=config.seed)
-    net = models.build(config.model)
-    history = fit(net, train, epochs=config.epochs, lr=config.lr, weight_decay=config.weight_decay,
-                  val_loader=val, progress=progress, desc=f"{config.model} ({config.epochs} epochs)")
-    net = net.cpu().eval()
-    save_checkpoint(net, checkpoint_path(config), meta={"config": asdict(config), "history": asdict(history)})
-    return net, history
-
-
-def baseline(model: str = "mlp", *, progress: bool = True, **overrides) -> nn.Module:
-    """A trained course baseline, loaded from the cache if this exact configuration was trained before.
-
-    `overrides` are BaselineConfig fields (epochs, lr, full, seed, ...). The cache lives in
-    `lwkit.data.cache_dir() / 'checkpoints'`, keyed by the whole configuration, the data checksum and
-    the torch version; checkpoints are checksum-verified and load with `weights_only=True`.
-    """
-    config = baseline_config(model, **overrides)
-    path = checkpoint_path(config)
-    if path.exists():
-        net = models.build(model)
-        net.load_state_dict(load_checkpoint(path))
-        return net.eval()
-    net, _ = train_baseline(model, progress=progress, **overrides)
-    return net
-
-
-def save_checkpoint(model: nn.Module, path: str | Path, *, meta: dict | None = None) -> Path:
-    """Save a state_dict plus a JSON sidecar with its SHA-256 (checked by `load_checkpoint`)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save(model.state_dict(), tmp)
-    os.replace(tmp, path)
-    sidecar = {"sha256": data.sha256(path), "meta": meta or {}}
-    path.with_suffix(".json").write_text(json.dumps(sidecar, indent=1))
-    return path
-
-
-def load_checkpoint(path: str | Path) -> dict:
-    """A state_dict saved by `save_checkpoint`, verified and loaded with `weights_only=True`."""
-    path = Path(path)
-    hint = f"delete {path} and {path.with_suffix('.json').name}; the next run retrains it"
-    sidecar = path.with_suffix(".json")
-    if not sidecar.exists():
-        raise data.DataFileError(f"checkpoint {path} has no checksum file {sidecar.name}: {hint}")
     try:
-        expected = json.loads(sidecar.read_text())["sha256"]
-    except (ValueError, KeyError) as exc:
-        raise data.DataFileError(f"checksum file {sidecar} is unreadable ({exc}): {hint}") from exc
-    data.verify_file(path, expected, hint=hint)
-    return torch.load(path, map_location="cpu", weights_only=True)
+        for epoch in range(1, epochs + 1):
+            start = time.perf_counter()
+            model.train()
+            loss_sum = correct = seen = 0
+            for step, batch in enumerate(train_loader, 1):
+                where = f"epoch {epoch}, step {step}"
+                x, y = _unpack(batch, "train_loader", where)
+                x, y = x.to(device), y.to(device)
+                logits = model(x)
+                _check_outputs(logits, y, "train_loader", where)
+                loss = loss_fn(logits, y, x)
+                if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
+                    raise TypeError(f"loss_fn must return a scalar tensor, got {loss!r:.60} at {where}")
+                value = loss.item()
+                if not math.isfinite(value):
+                    raise FloatingPointError(
+                        f"training diverged: the loss is {value} at {where} (lr={lr:g}); stopped before this "
+                        "step changed the weights. Lower lr, or check the inputs and labels for nan/inf")
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+                if after_step is not None:
+                    after_step(model)
+                loss_sum += value * len(y)
+                correct += (logits.argmax(1) == y).sum().item()
+                seen += len(y)
+                bar.update(1)
+            if seen == 0:
+                raise ValueError(f"train_loader yielded no batches in epoch {epoch}: a loader must give the same "
+                                 "batches every time it is iterated")
+            bad = _first_nonfinite(model)
+            if bad is not None:
+                raise FloatingPointError(f"training diverged: parameter {bad!r} is not finite after epoch {epoch} "
+                                         f"(lr={lr:g}); lower lr")
+            history.loss.append(loss_sum / seen)
+            history.train_acc.append(correct / seen)
+            if val_loader is not None:
+                history.val_acc.append(evaluate(model, val_loader, device=device))
+            history.seconds.append(time.perf_counter() - start)
+            post = {"loss": f"{history.loss[-1]:.3f}"}
+            if history.val_acc:
+                post["val_acc"] = f"{history.val_acc[-1]:.3f}"
+            bar.set_postfix(post, refresh=False)
+    finally:
+        bar.close()
+        model.eval()
+    return history

@@ -126,3 +126,130 @@ def test_bad_loader_arguments():
         data.BatchLoader(torch.zeros(4, 1), torch.zeros(4), batch_size=0)
     with pytest.raises(ValueError, match="same length"):
         data.BatchLoader(torch.zeros(4, 1), torch.zeros(3))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Reliability review (issue #8): the full dataset, BatchLoader on flat data, argument checks
+
+
+def idx_bytes(array: np.ndarray) -> bytes:
+    header = bytes([0, 0, 8, array.ndim]) + b"".join(n.to_bytes(4, "big") for n in array.shape)
+    return header + array.astype(np.uint8).tobytes()
+
+
+def write_full(folder: Path, *, n_train=6, n_test=4, train_images=None, train_labels=None) -> dict[str, Path]:
+    """A tiny dataset in the Debian/torchvision layout: four gzipped IDX files."""
+    rng = np.random.default_rng(0)
+    arrays = {
+        "train_images": rng.integers(0, 256, (n_train, 28, 28)) if train_images is None else train_images,
+        "train_labels": np.arange(n_train) % 10 if train_labels is None else train_labels,
+        "test_images": rng.integers(0, 256, (n_test, 28, 28)),
+        "test_labels": np.arange(n_test) % 10,
+    }
+    folder.mkdir(parents=True, exist_ok=True)
+    files = {}
+    for key, name in data.IDX_FILES.items():
+        files[key] = folder / name
+        files[key].write_bytes(gzip.compress(idx_bytes(np.asarray(arrays[key]))))
+    return files
+
+
+def test_full_dataset_from_idx_files(tmp_path):
+    write_full(tmp_path)
+    arrays = data.load_full_arrays(tmp_path, download=False)
+    assert arrays["train_images"].shape == (6, 28, 28) and arrays["train_labels"].tolist() == [0, 1, 2, 3, 4, 5]
+    assert arrays["train_labels"].dtype == np.int64 and arrays["test_images"].dtype == np.uint8
+
+
+@pytest.mark.parametrize("kwargs, bad_file, words", [
+    ({"train_labels": np.arange(5)}, "train-images", "6 images but"),  # count mismatch
+    ({"train_images": np.zeros((6, 14, 14))}, "train-images", "28, 28"),  # wrong image size
+    ({"train_labels": np.array([0, 1, 2, 10, 11, 3])}, "train-labels", "0..9"),  # labels outside 0..9
+    ({"train_labels": np.zeros((6, 2))}, "train-labels", "expected (n,)"),
+    ({"train_images": np.zeros(6 * 28 * 28)}, "train-images", "28, 28"),
+])
+def test_review_full_dataset_validated(tmp_path, kwargs, bad_file, words):
+    write_full(tmp_path, **kwargs)
+    with pytest.raises(data.DataFileError) as info:
+        data.load_full_arrays(tmp_path, download=False)
+    message = str(info.value)
+    assert words in message and bad_file in message and str(tmp_path) in message
+
+
+@pytest.mark.parametrize("damage", ["truncated gzip", "bad crc", "bad deflate", "not gzip", "empty", "header only"])
+def test_review_full_dataset_corrupt_gzip(tmp_path, damage):
+    files = write_full(tmp_path)
+    target = files["test_labels"]
+    raw = target.read_bytes()
+    if damage == "truncated gzip":  # EOFError
+        target.write_bytes(raw[:-12])
+    elif damage == "bad crc":  # gzip.BadGzipFile
+        target.write_bytes(raw[:-8] + bytes(8))
+    elif damage == "bad deflate":  # zlib.error
+        target.write_bytes(raw[:10] + b"\xff" * (len(raw) - 10))
+    elif damage == "not gzip":
+        target.write_bytes(b"hello, this is not gzip")
+    elif damage == "empty":
+        target.write_bytes(b"")
+    else:
+        target.write_bytes(gzip.compress(bytes([0, 0, 8, 3, 0, 0])))
+    with pytest.raises(data.DataFileError) as info:
+        data.load_full_arrays(tmp_path, download=False)
+    assert str(target) in str(info.value)
+
+
+@pytest.mark.skipif(not data.DEBIAN_DIR.exists(), reason="Debian's dataset-fashion-mnist is not installed")
+def test_full_dataset_debian_files_pass_the_checks():
+    arrays = data.load_full_arrays(data.DEBIAN_DIR, download=False)
+    assert np.bincount(arrays["test_labels"]).tolist() == [1000] * 10
+
+
+def test_review_batchloader_augment_flat():
+    s = data.fashion_mnist()
+    images = s.x_train[:32]  # (32, 1, 28, 28)
+    flat = images.flatten(1)  # (32, 784)
+    (xf, yf), = list(data.BatchLoader(flat, s.y_train[:32], batch_size=32, augment=True, seed=5))
+    (xi, _), = list(data.BatchLoader(images, s.y_train[:32], batch_size=32, augment=True, seed=5))
+    assert xf.shape == (32, 784), "flat in, flat out"
+    assert torch.equal(xf, xi.flatten(1)), "the same flips and shifts as on the images"
+    assert not torch.equal(xf, flat)
+    for bad in (torch.randn(8, 100), torch.randn(8, 28, 28), torch.zeros(8, 784, dtype=torch.uint8)):
+        with pytest.raises(ValueError, match="augment") as info:
+            data.BatchLoader(bad, torch.zeros(8, dtype=torch.long), augment=True)
+        assert str(tuple(bad.shape)) in str(info.value)
+    assert len(list(data.BatchLoader(torch.randn(8, 100), torch.zeros(8), batch_size=3))) == 3  # no augment: fine
+
+
+@pytest.mark.parametrize("kwargs, exc, words", [
+    ({"val_fraction": float("nan")}, ValueError, "val_fraction"),
+    ({"val_fraction": float("inf")}, ValueError, "val_fraction"),
+    ({"val_fraction": True}, ValueError, "val_fraction"),
+    ({"val_fraction": "0.1"}, ValueError, "val_fraction"),
+    ({"seed": -1}, ValueError, "seed"),
+    ({"seed": 1.5}, ValueError, "seed"),
+    ({"seed": 2**40}, ValueError, "seed"),
+    ({"classes": (3, 12, -1)}, ValueError, r"unknown: \[12, -1\]"),
+    ({"classes": ()}, TypeError, "non-empty"),
+    ({"classes": "012"}, TypeError, "classes"),
+    ({"classes": 3}, TypeError, "classes"),
+    ({"classes": (1, 1)}, ValueError, "repeat"),
+    ({"classes": (True, 2)}, ValueError, "classes"),
+    ({"full": 1}, TypeError, "full"),
+])
+def test_more_bad_arguments(kwargs, exc, words):
+    with pytest.raises(exc, match=words):
+        data.fashion_mnist(**kwargs)
+
+
+@pytest.mark.parametrize("kwargs, exc, words", [
+    ({"batch_size": True}, ValueError, "batch_size"), ({"batch_size": 2.0}, ValueError, "batch_size"),
+    ({"seed": -3}, ValueError, "seed"), ({"shuffle": "yes"}, TypeError, "shuffle"),
+    ({"augment": 1}, TypeError, "augment"),
+])
+def test_more_bad_loader_arguments(kwargs, exc, words):
+    with pytest.raises(exc, match=words):
+        data.BatchLoader(torch.zeros(4, 1, 28, 28), torch.zeros(4), **kwargs)
+    with pytest.raises(TypeError, match="x must be"):
+        data.BatchLoader([1, 2], torch.zeros(2))
+    with pytest.raises(ValueError, match="eval_batch_size"):
+        data.fashion_mnist().loaders(eval_batch_size=0)

@@ -74,10 +74,29 @@ def test_cached_teacher_equals_teacher_on_seen_and_new_rows():
     torch.manual_seed(0)
     teacher = nn.Sequential(nn.Flatten(), nn.Linear(12, 4))
     inputs = torch.randn(50, 3, 4)
-    cached = distill.CachedTeacher(teacher, inputs, batch_size=16)
+    cached = distill.CachedTeacher(teacher, inputs, batch_size=16, on_miss="teacher")
     batch = torch.cat([inputs[[7, 3, 49]], torch.randn(2, 3, 4), inputs[:1]])  # seen, new, seen
     with torch.no_grad():
         assert torch.allclose(cached(batch), teacher(batch), atol=1e-6)
+
+
+def test_review_cached_teacher_miss_is_an_error_by_default():
+    torch.manual_seed(0)
+    teacher = nn.Sequential(nn.Flatten(), nn.Linear(12, 4))
+    inputs = torch.randn(50, 3, 4)
+    cached = distill.CachedTeacher(teacher, inputs, batch_size=16)
+    with torch.no_grad():
+        assert torch.allclose(cached(inputs[[5, 0, 49]]), teacher(inputs[[5, 0, 49]]), atol=1e-6)
+        with pytest.raises(ValueError, match="2 of 3 inputs are not in the CachedTeacher") as info:
+            cached(torch.cat([inputs[:1], torch.randn(2, 3, 4)]))
+        assert "on_miss='teacher'" in str(info.value)
+        for bad in (torch.randn(2, 12), torch.randn(2, 3, 5), "x"):
+            with pytest.raises(ValueError, match="like the cached inputs"):
+                cached(bad)
+    with pytest.raises(ValueError, match="on_miss"):
+        distill.CachedTeacher(teacher, inputs, on_miss="skip")
+    with pytest.raises(ValueError, match="batch_size"):
+        distill.CachedTeacher(teacher, inputs, batch_size=0)
 
 
 def test_distill_trains_a_student_with_fit():
@@ -134,3 +153,94 @@ def test_bad_shapes_and_layer_names():
         distill.HintedStudent(model, model, torch.randn(2, 4), student_layer="fc9", teacher_layer="1")
     with pytest.raises(TypeError, match="loss_fn"):
         distill.distill(model, model, [(torch.randn(2, 4), torch.tensor([0, 1]))], loss_fn=None)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Reliability review (issue #8)
+
+
+@pytest.mark.parametrize("temperature", [float("inf"), float("nan"), 0.0, -2.0, True, "4", None])
+def test_review_kd_loss_temperature(temperature):
+    s, t, y = torch.randn(2, 3), torch.randn(2, 3), torch.tensor([0, 1])
+    with pytest.raises(ValueError, match="temperature"):
+        distill.kd_loss(s, t, y, temperature=temperature)
+    with pytest.raises(ValueError, match="temperature"):
+        distill.KDLoss(nn.Linear(3, 3), temperature=temperature)
+    with pytest.raises(ValueError, match="temperature"):
+        distill.soft_targets(s, temperature)
+    with pytest.raises(ValueError, match="temperature"):
+        distill.distill(nn.Linear(3, 3), nn.Linear(3, 3), [(s, y)], temperature=temperature)
+
+
+@pytest.mark.parametrize("alpha", [float("nan"), float("inf"), -0.01, 1.01, "0.5"])
+def test_review_kd_loss_alpha(alpha):
+    s, t, y = torch.randn(2, 3), torch.randn(2, 3), torch.tensor([0, 1])
+    with pytest.raises(ValueError, match="alpha"):
+        distill.kd_loss(s, t, y, alpha=alpha)
+
+
+def test_review_kd_loss_unbatched_logits():
+    s, t = torch.randn(10), torch.randn(10)
+    with pytest.raises(ValueError, match=r"\(batch, classes\)") as info:
+        distill.kd_loss(s, t, torch.tensor(3))
+    assert "unsqueeze(0)" in str(info.value)
+    batched = distill.kd_loss(s[None], t[None], torch.tensor([3]), temperature=4.0, alpha=1.0)
+    assert batched.item() == pytest.approx(hand_kd(s[None], t[None], torch.tensor([3]), 4.0, 1.0), rel=1e-5)
+
+
+@pytest.mark.parametrize("which", ["student_logits", "teacher_logits"])
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")])
+def test_review_kd_loss_nonfinite_logits(which, value):
+    s, t = torch.randn(2, 3), torch.randn(2, 3)
+    (s if which == "student_logits" else t)[1, 2] = value
+    with pytest.raises(ValueError, match=f"{which} must be finite"):
+        distill.kd_loss(s, t, torch.tensor([0, 1]))
+
+
+@pytest.mark.parametrize("labels, words", [
+    (torch.tensor([0.0, 1.0]), "labels"), (torch.tensor([[0], [1]]), "labels"), (torch.tensor([0, 1, 2]), "labels"),
+    (torch.tensor([0, 3]), r"\[0, 3\)"), (torch.tensor([-1, 0]), r"\[0, 3\)"), ([0, 1], "labels"),
+])
+def test_kd_loss_bad_labels(labels, words):
+    with pytest.raises(ValueError, match=words):
+        distill.kd_loss(torch.randn(2, 3), torch.randn(2, 3), labels)
+
+
+@pytest.mark.parametrize("student, teacher, words", [
+    (torch.randn(0, 3), torch.randn(0, 3), "batch >= 1"),
+    (torch.randn(2, 3, 1), torch.randn(2, 3, 1), r"\(batch, classes\)"),
+    (torch.ones(2, 3, dtype=torch.long), torch.ones(2, 3, dtype=torch.long), "floating"),
+])
+def test_kd_loss_bad_logit_shapes(student, teacher, words):
+    with pytest.raises((ValueError, TypeError), match=words):
+        distill.kd_loss(student, teacher, torch.zeros(len(student), dtype=torch.long))
+
+
+def test_hint_loss_and_student_checks():
+    model = nn.Sequential(nn.Flatten(), nn.Linear(4, 2))
+    hinted = distill.HintedStudent(model, nn.Sequential(nn.Flatten(), nn.Linear(4, 3)), torch.randn(2, 4),
+                                   student_layer="1", teacher_layer="1")
+    for beta in (float("inf"), float("nan"), -1.0):
+        with pytest.raises(ValueError, match="beta"):
+            distill.HintLoss(hinted, beta=beta)
+    with pytest.raises(ValueError, match="temperature"):
+        distill.HintLoss(hinted, temperature=float("inf"))
+    with pytest.raises(TypeError, match="hinted"):
+        distill.HintLoss(model)
+    with pytest.raises(RuntimeError, match="train mode"):
+        distill.HintLoss(hinted)(torch.randn(2, 2), torch.tensor([0, 1]), torch.randn(2, 4))
+    with pytest.raises(TypeError, match="student_layer"):
+        distill.HintedStudent(model, model, torch.randn(2, 4), student_layer=1, teacher_layer="1")
+
+    class Unused(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc, self.extra = nn.Linear(4, 2), nn.Linear(2, 2)  # extra: registered, never called
+
+        def forward(self, x):
+            return self.fc(x)
+
+    unused, teacher = Unused(), nn.Sequential(nn.Flatten(), nn.Linear(4, 3))
+    with pytest.raises(ValueError, match="not run"):
+        distill.HintedStudent(unused, teacher, torch.randn(2, 4), student_layer="extra", teacher_layer="1")
+    assert not unused.extra._forward_hooks and not teacher[1]._forward_hooks, "hooks removed after the error"

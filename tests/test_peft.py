@@ -175,3 +175,153 @@ def test_bad_inputs_name_the_valid_choices():
         peft.Adapter(16, bottleneck=0)
     with pytest.raises(TypeError, match="model"):
         peft.trainable_report("model")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Reliability review (issue #8): validate everything first, restore on any failure
+
+
+def snapshot(model):
+    """Module types, requires_grad flags and weights: what 'unchanged' means."""
+    return ([(n, type(m)) for n, m in model.named_modules()],
+            [(n, p.requires_grad) for n, p in model.named_parameters()],
+            {k: v.detach().clone() for k, v in model.state_dict().items()})
+
+
+def assert_unchanged(model, before):
+    types, flags, state = snapshot(model)
+    assert types == before[0] and flags == before[1]
+    assert state.keys() == before[2].keys() and all(torch.equal(state[k], before[2][k]) for k in state)
+
+
+def partly_frozen():
+    model = models.LeNet300100()
+    model.fc2.requires_grad_(False)  # a non-trivial starting state, so "restored" is not just "all True"
+    return model
+
+
+@pytest.mark.parametrize("call, word", [
+    (lambda m: peft.add_lora(m, ["fc1", "fc2"], rank=8, keep_trainable=["head"]), "keep_trainable"),  # the review
+    (lambda m: peft.add_lora(m, ["fc1", "fc3"], rank=16), "'fc3'"),  # rank too big for the 2nd target only
+    (lambda m: peft.add_lora(m, ["fc1", "fc9"]), "fc9"),
+    (lambda m: peft.add_lora(m, ["fc1"], alpha=float("inf")), "alpha"),
+    (lambda m: peft.add_lora(m, ["fc1"], alpha=float("nan")), "alpha"),
+    (lambda m: peft.add_lora(m, ["fc1"], rank=2.0), "rank"),
+    (lambda m: peft.add_lora(m, ["fc1", "fc1"]), "more than once"),
+    (lambda m: peft.add_lora(m, []), "at least one"),
+    (lambda m: peft.add_lora(m, "fc1"), "targets"),
+    (lambda m: peft.add_lora(m, ["fc1"], keep_trainable="fc3"), "keep_trainable"),
+    (lambda m: peft.add_lora(m, ["fc1"], keep_trainable=["fc1"]), "overlaps"),
+    (lambda m: peft.add_adapters(m, ["fc1", "fc3"], bottleneck=16), "bottleneck"),  # fc3 has 10 outputs
+    (lambda m: peft.add_adapters(m, ["fc1"], keep_trainable=["fc4"]), "keep_trainable"),
+    (lambda m: peft.add_adapters(m, ["fc1"], bottleneck=True), "bottleneck"),
+    (lambda m: peft.bitfit(m, keep_trainable=["head"]), "keep_trainable"),
+    (lambda m: peft.bitfit(m, keep_trainable="fc3"), "keep_trainable"),
+    (lambda m: peft.finetune_top_k(m, 0), "k must be"),
+    (lambda m: peft.finetune_top_k(m, True), "k must be"),
+    (lambda m: peft.unfreeze(m, ["fc1", "head"]), "head"),
+    (lambda m: peft.unfreeze(m, "fc1"), "names"),
+])
+def test_review_peft_validates_before_touching_the_model(call, word):
+    model = partly_frozen()
+    before = snapshot(model)
+    with pytest.raises((ValueError, TypeError), match=word):
+        call(model)
+    assert_unchanged(model, before)
+
+
+def test_review_peft_fixed_rerun_works():
+    model = models.LeNet300100()
+    with pytest.raises(ValueError, match="keep_trainable"):
+        peft.add_lora(model, ["fc1", "fc2"], rank=8, keep_trainable=["head"])  # typo: the head is 'fc3'
+    peft.add_lora(model, ["fc1", "fc2"], rank=8, keep_trainable=["fc3"])  # the corrected cell, re-run
+    assert isinstance(model.fc1, peft.LoRALinear) and isinstance(model.fc2, peft.LoRALinear)
+    assert peft.trainable_report(model).trainable == 8 * (784 + 300) + 8 * (300 + 100) + 1010
+
+
+@pytest.mark.parametrize("exc", [RuntimeError, KeyboardInterrupt])
+@pytest.mark.parametrize("method", ["lora", "adapters"])
+def test_review_peft_restores_on_injected_failure(monkeypatch, exc, method):
+    cls = peft.LoRALinear if method == "lora" else peft.WithAdapter
+    real_init, calls = cls.__init__, []
+
+    def failing_init(self, *args, **kwargs):
+        calls.append(1)
+        real_init(self, *args, **kwargs)  # the base is frozen by now: the restore must undo that too
+        if len(calls) == 2:
+            raise exc("injected")
+
+    monkeypatch.setattr(cls, "__init__", failing_init)
+    model = partly_frozen()
+    before = snapshot(model)
+    with pytest.raises(exc, match="injected"):
+        if method == "lora":
+            peft.add_lora(model, ["fc1", "fc2", "fc3"], rank=4, keep_trainable=[])
+        else:
+            peft.add_adapters(model, ["fc1", "fc2", "fc3"], bottleneck=4)
+    assert len(calls) == 2
+    assert_unchanged(model, before)
+    assert type(model.fc1) is nn.Linear
+
+
+@pytest.mark.parametrize("exc", [RuntimeError, KeyboardInterrupt])
+@pytest.mark.parametrize("call", [lambda m: peft.finetune_top_k(m, 2), lambda m: peft.bitfit(m, keep_trainable=["fc3"])])
+def test_finetune_top_k_and_bitfit_restore_on_failure(monkeypatch, exc, call):
+    def freeze_then_fail(model):
+        model.requires_grad_(False)  # the model is half-changed when the failure comes
+        raise exc("injected")
+
+    model = partly_frozen()
+    before = snapshot(model)
+    monkeypatch.setattr(peft, "freeze", freeze_then_fail)
+    with pytest.raises(exc, match="injected"):
+        call(model)
+    assert_unchanged(model, before)
+
+
+def test_merge_lora_restores_on_failure(monkeypatch):
+    model = peft.add_lora(models.LeNet300100(), ["fc1", "fc2"], rank=2)
+    before = snapshot(model)
+    real_merge, calls = peft.LoRALinear.merge, []
+
+    def failing_merge(self):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("injected")
+        return real_merge(self)
+
+    monkeypatch.setattr(peft.LoRALinear, "merge", failing_merge)
+    with pytest.raises(RuntimeError):
+        peft.merge_lora(model)
+    assert_unchanged(model, before)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"alpha": float("inf")}, "alpha"), ({"alpha": float("nan")}, "alpha"), ({"alpha": True}, "alpha"),
+    ({"alpha": "8"}, "alpha"), ({"rank": True}, "rank"), ({"rank": "4"}, "rank"), ({"rank": None}, "rank"),
+])
+def test_review_lora_alpha_inf(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        peft.LoRALinear(nn.Linear(20, 10), **kwargs)
+
+
+def test_bitfit_without_biases_is_refused():
+    model = nn.Sequential(nn.Linear(4, 4, bias=False), nn.Linear(4, 2, bias=False))
+    before = snapshot(model)
+    with pytest.raises(ValueError, match="no bias"):
+        peft.bitfit(model)
+    assert_unchanged(model, before)
+    peft.bitfit(model, keep_trainable=["1"])
+    assert peft.trainable_report(model).trainable == 8
+
+
+def test_targets_inside_a_wrapper_are_not_offered():
+    model = peft.add_lora(models.LeNet300100(), ["fc1"], rank=2)
+    with pytest.raises(ValueError, match=r"valid names: \['fc2', 'fc3'\]"):
+        peft.add_lora(model, ["fc1.base"])
+
+
+def test_adapter_features_checked():
+    for features in (0, 2.5, True):
+        with pytest.raises(ValueError, match="features"):
+            peft.Adapter(features)
