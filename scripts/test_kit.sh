@@ -7,7 +7,8 @@ KIT=${KIT:-build/kit}
 [ -e "$KIT/install.sh" ] || bash scripts/make_kit.sh "$KIT"
 WORK=$(mktemp -d /tmp/lwkit-kit-test.XXXXXX)
 cp -r "$KIT"/. "$WORK"/
-offline() { unshare -n -- "$@" 2>/dev/null || unshare -rn -- "$@"; }
+# A new network namespace: no interfaces but loopback (brought up: Jupyter kernels talk over 127.0.0.1).
+offline() { unshare -n -- bash -c 'ip link set lo up && exec "$@"' bash "$@"; }
 offline bash -c "! python3 -c 'import urllib.request; urllib.request.urlopen(\"https://pypi.org\", timeout=5)' \
   2>/dev/null || { echo 'network still reachable'; exit 1; }; bash '$WORK/install.sh'"
 offline env LWKIT_HEADLESS=1 LWKIT_CACHE_DIR="$WORK/cache" "$WORK/lwkit/.venv/bin/python" -m lwkit.run 00 \
