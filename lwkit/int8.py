@@ -19,12 +19,14 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
+import logging
+import numbers
 import warnings
 
 import torch
 from torch import nn
 
-ENGINES = ("x86", "fbgemm", "qnnpack", "onednn")
+ENGINES = ("x86", "fbgemm", "qnnpack", "onednn")  # torch.ao's engine names; supported_engines() lists this build's
 
 
 @contextlib.contextmanager
@@ -38,29 +40,54 @@ def _quiet_deprecation():
         yield
 
 
+__all__ = ["ENGINES", "engine", "supported_engines", "fusable_groups", "eager_static_int8", "eager_dynamic_int8",
+           "has_torchao", "pt2e_static_int8", "torchao_dynamic_int8", "compile_int8", "Autocast", "bf16_supported",
+           "saved_size_bytes", "compare"]
+
+
 def _check_model(model) -> None:
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
 
 
-def _calibration_batches(data, num_batches: int | None, batch_size: int | None = None):
-    """Yield input tensors from a loader of (x, y) batches or from one tensor (split into batch_size chunks)."""
-    if isinstance(data, torch.Tensor):
-        if data.numel() == 0:
-            raise ValueError("calibration data is empty")
-        chunks = data.split(batch_size or len(data))
-        if batch_size is not None:
-            chunks = [c for c in chunks if len(c) == batch_size] or [data[:batch_size]]
-    else:
-        chunks = (b[0] if isinstance(b, (tuple, list)) else b for b in data)
+def _check_count(name: str, value, low: int, *, allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be {'None or ' if allow_none else ''}an int, got {value!r} "
+                        f"({type(value).__name__})")
+    if value < low:
+        raise ValueError(f"{name} must be {'None or ' if allow_none else ''}an int >= {low}, got {value}")
+
+
+def _check_calibration(calibration_data, num_batches) -> None:
+    """Checks that need no iteration (a loader may be a one-shot generator): type and num_batches."""
+    _check_count("num_batches", num_batches, 1, allow_none=True)
+    if isinstance(calibration_data, torch.Tensor):
+        if calibration_data.dim() == 0 or len(calibration_data) == 0:
+            raise ValueError(f"calibration_data is empty: got a tensor of shape {tuple(calibration_data.shape)}; "
+                             f"give a batch of inputs (n >= 1) or a loader of (x, y) batches")
+    elif isinstance(calibration_data, (str, bytes)) or not hasattr(calibration_data, "__iter__"):
+        raise TypeError(f"calibration_data must be a loader of (x, y) batches or a tensor of inputs, got "
+                        f"{type(calibration_data).__name__}")
+
+
+def _calibration_batches(data, num_batches: int | None):
+    """Yield input tensors from a loader of (x, y) batches, or one tensor (as a single batch)."""
+    chunks = [data] if isinstance(data, torch.Tensor) else (b[0] if isinstance(b, (tuple, list)) and b else b
+                                                            for b in data)
     seen = 0
     for i, x in enumerate(chunks):
         if num_batches is not None and i >= num_batches:
             break
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"calibration_data must yield tensors or (x, y) pairs; batch {i} holds {type(x).__name__}")
+        if x.numel() == 0:
+            raise ValueError(f"calibration_data batch {i} is empty (shape {tuple(x.shape)})")
         seen += 1
         yield x
     if seen == 0:
-        raise ValueError("calibration data is empty: it yielded no batches")
+        raise ValueError("calibration_data is empty: it yielded no batches (give at least one batch of inputs)")
 
 
 def engine() -> str:
@@ -69,6 +96,7 @@ def engine() -> str:
 
 
 def supported_engines() -> list[str]:
+    """The quantized engines this torch build has (the `backend` values eager_static_int8 accepts)."""
     return [e for e in torch.backends.quantized.supported_engines if e != "none"]
 
 
@@ -91,6 +119,7 @@ class _Stubbed(nn.Module):
 
 def fusable_groups(model: nn.Module) -> list[list[str]]:
     """Names of [Conv2d, BatchNorm2d, (ReLU)] runs inside Sequentials, to fuse into one int8 conv."""
+    _check_model(model)
     groups = []
     for name, module in model.named_modules():
         if not isinstance(module, nn.Sequential):
@@ -116,6 +145,7 @@ def eager_static_int8(model: nn.Module, calibration_data, *, backend: str = "x86
     _check_model(model)
     if backend not in supported_engines():
         raise ValueError(f"backend must be one of this build's engines {supported_engines()}, got {backend!r}")
+    _check_calibration(calibration_data, num_batches)
     with _quiet_deprecation():
         from torch.ao import quantization as tq
 
@@ -150,11 +180,22 @@ def eager_dynamic_int8(model: nn.Module) -> nn.Module:
 
 
 def has_torchao() -> bool:
+    """True if torchao imports (its import logs a harmless torch _pytree Enum deprecation line: silenced)."""
+    pytree_log = logging.getLogger("torch.utils._pytree")
+    level = pytree_log.level
+    pytree_log.setLevel(logging.ERROR)
     try:
         import torchao  # noqa: F401
     except ImportError:
         return False
+    finally:
+        pytree_log.setLevel(level)
     return True
+
+
+class _DropNoCudaRuntime(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "No CUDA runtime is found" not in record.getMessage()
 
 
 def _require_torchao() -> None:
@@ -167,17 +208,25 @@ def pt2e_static_int8(model: nn.Module, example_input: torch.Tensor, calibration_
     """Static int8 with torchao's PT2E flow and the x86 Inductor quantizer; call `compile_int8` to run fast.
 
     The model is exported with a dynamic batch size, so the uncompiled result evaluates on any batch
-    (slowly: quantize/dequantize are separate ops until Inductor fuses them).
+    (slowly: quantize/dequantize are separate ops until Inductor fuses them). `example_input` may be a
+    single image (batch 1): torch.export specializes sizes 0 and 1 to constants ("0/1 specialization"),
+    so a batch of one is traced as that image repeated twice, which keeps the batch dimension dynamic.
     """
     _check_model(model)
-    _require_torchao()
     if not isinstance(example_input, torch.Tensor):
         raise TypeError(f"example_input must be a tensor, got {type(example_input).__name__}")
+    if example_input.dim() == 0 or len(example_input) == 0 or not example_input.is_floating_point():
+        raise ValueError(f"example_input must be a float batch of inputs (batch, ...) with batch >= 1, got shape "
+                         f"{tuple(example_input.shape)} and dtype {example_input.dtype}")
+    _check_calibration(calibration_data, num_batches)
+    _require_torchao()
     from torchao.quantization.pt2e import allow_exported_model_train_eval
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
     from torchao.quantization.pt2e.quantizer import x86_inductor_quantizer as xiq
 
     float_model = copy.deepcopy(model).cpu().eval()
+    if len(example_input) == 1:  # batch 1 would be specialized to a constant: trace a batch of 2
+        example_input = example_input.expand(2, *example_input.shape[1:]).contiguous()
     batch = torch.export.Dim("batch", min=1)
     with _quiet_deprecation():
         exported = torch.export.export(float_model, (example_input,), dynamic_shapes=({0: batch},)).module()
@@ -211,6 +260,14 @@ def compile_int8(model: nn.Module) -> nn.Module:
     _check_model(model)
     import torch._inductor.config as inductor_config
 
+    # Known harmless messages of the first compiled call, filtered here once: Inductor's oneDNN int8
+    # lowering copy-constructs a tensor (a UserWarning), and a CPU-only build logs its CUDA probe.
+    warnings.filterwarnings("ignore", message=r"To copy construct from a tensor", category=UserWarning,
+                            module=r"torch\._inductor\.mkldnn_lowerings")
+    cpp_log = logging.getLogger("torch.utils.cpp_extension")
+    if not any(isinstance(f, _DropNoCudaRuntime) for f in cpp_log.filters):
+        cpp_log.addFilter(_DropNoCudaRuntime())
+
     inductor_config.freezing = True
     return torch.compile(model, dynamic=False)
 
@@ -225,6 +282,8 @@ class Autocast(nn.Module):
     def __init__(self, model: nn.Module, dtype: torch.dtype = torch.bfloat16):
         super().__init__()
         _check_model(model)
+        if dtype not in (torch.bfloat16, torch.float16):
+            raise ValueError(f"dtype must be torch.bfloat16 or torch.float16, got {dtype!r}")
         self.model, self.dtype = model, dtype
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -266,10 +325,28 @@ def compare(models: dict, example_input: torch.Tensor, *, accuracy: dict | None 
 
     if not isinstance(models, dict) or not models:
         raise ValueError("models must be a non-empty dict of name -> model")
+    for name, model in models.items():
+        if not callable(model):
+            raise TypeError(f"models[{name!r}] must be a model, got {type(model).__name__}")
+    if not isinstance(example_input, torch.Tensor) or example_input.dim() == 0:
+        raise TypeError(f"example_input must be a batch tensor (batch, ...), got {type(example_input).__name__}")
     baseline = next(iter(models)) if baseline is None else baseline
     if baseline not in models:
         raise ValueError(f"baseline must be one of {list(models)}, got {baseline!r}")
-    accuracy = accuracy or {}
+    accuracy = {} if accuracy is None else accuracy
+    if not isinstance(accuracy, dict):
+        raise TypeError(f"accuracy must be a dict of name -> accuracy, got {type(accuracy).__name__}")
+    unknown = [k for k in accuracy if k not in models]
+    if unknown:
+        raise ValueError(f"accuracy names unknown models {unknown}; models: {list(models)}")
+    for name, a in accuracy.items():
+        if a is not None and (isinstance(a, bool) or not isinstance(a, numbers.Real)):
+            raise TypeError(f"accuracy[{name!r}] must be None or a number in [0, 1], got {a!r}")
+        if a is not None and not 0 <= a <= 1:
+            raise ValueError(f"accuracy[{name!r}] must be None or a number in [0, 1], got {a!r}")
+    _check_count("threads", threads, 1, allow_none=True)
+    _check_count("warmup", warmup, 0)
+    _check_count("repeats", repeats, 1)
     threads = measure.default_threads() if threads is None else threads
     rows = []
     for name, model in models.items():

@@ -1,4 +1,4 @@
-"""Quantization (量化) as small pure functions, then the modules and model helpers built on them.
+"""Quantization (量化) as small pure functions on tensors: qparams, quantize, dequantize, fake-quantize, k-means.
 
 The affine map between a float tensor x and integers q in [qmin, qmax]:
 
@@ -9,34 +9,156 @@ The affine map between a float tensor x and integers q in [qmin, qmax]:
 symmetric observers); `symmetric=False` uses unsigned integers [0, 2^b - 1] and a zero_point chosen so
 that 0.0 is exactly representable. Per-channel qparams (axis=int) come back shaped to broadcast against
 x (e.g. (out, 1) for a (out, in) weight), so quantize/dequantize are plain broadcasting.
+
+Observers, activation quantizers and QAT/PTQ models live in `lwkit.qat`; weight-only quantization of a
+model (one bit-width or one per layer), its size and mixed precision in `lwkit.mixed`. Both are
+re-exported here, so `lwkit.quant.prepare_qat` etc. keep working.
 """
 
 from __future__ import annotations
 
-import copy
-import itertools
 import math
+import numbers
 
 import torch
-import torch.nn.functional as F
-from torch import nn
+
+__all__ = ["METHODS", "qrange", "choose_qparams", "quantize", "dequantize", "fake_quantize_with", "fake_quantize",
+           "sqnr_db", "kmeans_quantize", "kmeans_fake_quantize"]
 
 METHODS = ("minmax", "percentile", "mse")
-EPS = torch.finfo(torch.float32).eps
+EPS = torch.finfo(torch.float32).eps  # the smallest scale, as torch.ao's observers (an all-zero tensor gets it)
+INT32 = (-(2**31), 2**31 - 1)  # quantize returns int32 codes
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Argument checks (shared with lwkit.qat and lwkit.mixed)
+
+
+def _check_int(name: str, value, *, low: int | None = None, high: int | None = None) -> int:
+    """An int (not a bool, not a float such as 4.0: a float bit-width is almost always a bug upstream)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int, got {value!r} ({type(value).__name__})")
+    value = int(value)
+    if (low is not None and value < low) or (high is not None and value > high):
+        allowed = f"in [{low}, {high}]" if high is not None else f">= {low}"
+        raise ValueError(f"{name} must be an int {allowed}, got {value}")
+    return value
+
+
+def _check_real(name: str, value) -> float:
+    """A finite real number (an int or a float; bools are refused)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a number, got {value!r} ({type(value).__name__})")
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value!r}")
+    return float(value)
+
+
+def _check_bool(name: str, value) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False, got {value!r} ({type(value).__name__})")
+    return value
+
+
+def _check_bits(bits, symmetric: bool = False, name: str = "bits") -> int:
+    """bits in [1, 16]; 1 bit only with symmetric=False (the symmetric 1-bit grid has one reachable level)."""
+    bits = _check_int(name, bits, low=1, high=16)
+    if symmetric and bits == 1:
+        raise ValueError(f"{name}=1 with symmetric=True leaves a single reachable level: the signed 1-bit grid "
+                         f"is [-1, 0] and the symmetric scale max|x| / 0.5 rounds every value to 0. "
+                         f"Use symmetric=False (two levels: 0 and one step, the step set by the range) or {name} >= 2")
+    return bits
+
+
+def _check_method(method, name: str = "method", allowed: tuple = METHODS) -> str:
+    if method not in allowed:
+        raise ValueError(f"{name} must be one of {allowed}, got {method!r}")
+    return method
+
+
+def _check_float_tensor(name: str, x, *, allow_inf: bool = False, allow_empty: bool = False) -> torch.Tensor:
+    """A float tensor without NaN (and without ±inf unless allow_inf), non-empty unless allow_empty."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(f"{name} must be a float tensor, got dtype {x.dtype}")
+    if x.numel() == 0 and not allow_empty:
+        raise ValueError(f"{name} is empty: there is no range to quantize")
+    x = x.detach()
+    if bool(torch.isfinite(x).all()) or (allow_inf and not bool(torch.isnan(x).any())):
+        return x  # one pass in the common case; count only to explain a failure
+    n_nan, n_inf = int(torch.isnan(x).sum()), 0 if allow_inf else int(torch.isinf(x).sum())
+    if n_nan or n_inf:
+        raise ValueError(f"{name} contains {n_nan} NaN and {n_inf} infinite values: quantization needs finite "
+                         f"values (check the data, or the layer/learning rate that produced them)")
+    return x
+
+
+def _check_qrange(qmin, qmax) -> tuple[int, int]:
+    """Integer bounds with qmin < qmax inside int32, the dtype `quantize` returns."""
+    for name, v in (("qmin", qmin), ("qmax", qmax)):
+        _check_int(name, v, low=INT32[0], high=INT32[1])
+    if qmin >= qmax:
+        raise ValueError(f"qmin must be < qmax (at least two levels), got qmin={qmin}, qmax={qmax}")
+    return int(qmin), int(qmax)
+
+
+def _check_shape(name: str, t: torch.Tensor, x: torch.Tensor) -> None:
+    """A qparam must broadcast against x without changing its shape: one value, or per channel with x's
+    number of dims, the channel axis's length and 1 elsewhere (as choose_qparams(..., axis=...) returns)."""
+    if t.numel() == 1 and t.dim() <= x.dim():
+        return
+    if t.dim() != x.dim() or any(s not in (1, n) for s, n in zip(t.shape, x.shape, strict=True)):
+        raise ValueError(f"{name} of shape {tuple(t.shape)} does not fit x of shape {tuple(x.shape)}: give one value, "
+                         f"or per channel a tensor with {x.dim()} dims, the channel axis's length and 1 elsewhere "
+                         f"(e.g. (out, 1) for a (out, in) weight, as choose_qparams(..., axis=0) returns)")
+
+
+def _check_scale(scale, x: torch.Tensor | None = None) -> torch.Tensor:
+    if isinstance(scale, bool) or not isinstance(scale, (numbers.Real, torch.Tensor)):
+        raise TypeError(f"scale must be a number or a float tensor, got {scale!r} ({type(scale).__name__})")
+    if isinstance(scale, torch.Tensor) and (scale.dtype == torch.bool or scale.is_complex()):
+        raise TypeError(f"scale must be a number or a float tensor, got dtype {scale.dtype}")
+    scale = torch.as_tensor(scale).detach().to(torch.float32)
+    if scale.numel() == 0 or not bool((scale > 0).all()) or not bool(torch.isfinite(scale).all()):
+        shown = scale.tolist() if scale.numel() < 6 else f"a tensor with min {scale.min().item() if scale.numel() else None}"
+        raise ValueError(f"scale must be finite and > 0 (in float32), got {shown}")
+    if x is not None:
+        _check_shape("scale", scale, x)
+    return scale
+
+
+def _check_zero_point(zero_point, x: torch.Tensor | None = None, qmin: int | None = None,
+                      qmax: int | None = None) -> torch.Tensor:
+    """Whole numbers (an int, an integer tensor, or floats such as torch.round returns), inside [qmin, qmax]."""
+    if isinstance(zero_point, bool) or not isinstance(zero_point, (numbers.Real, torch.Tensor)):
+        raise TypeError(f"zero_point must be an int or an integer tensor, got {zero_point!r} "
+                        f"({type(zero_point).__name__})")
+    zp = torch.as_tensor(zero_point).detach()
+    if zp.dtype == torch.bool or zp.is_complex():
+        raise TypeError(f"zero_point must be an int or an integer tensor, got dtype {zp.dtype}")
+    if zp.numel() == 0:
+        raise ValueError("zero_point is empty")
+    if zp.is_floating_point():
+        if not bool(torch.isfinite(zp).all()) or not bool((zp == zp.round()).all()):
+            raise ValueError(f"zero_point must hold whole numbers, got {zp.tolist() if zp.numel() < 6 else zp.dtype}")
+        zp = zp.to(torch.int64)
+    if qmin is not None and (int(zp.min()) < qmin or int(zp.max()) > qmax):
+        raise ValueError(f"zero_point must be in [qmin, qmax] = [{qmin}, {qmax}], got values in "
+                         f"[{int(zp.min())}, {int(zp.max())}]")
+    if x is not None:
+        _check_shape("zero_point", zp, x)
+    return zp
 
 
 # ---------------------------------------------------------------------------------------------------------
 # The math
 
 
-def _check_bits(bits) -> None:
-    if not isinstance(bits, int) or isinstance(bits, bool) or not 1 <= bits <= 16:
-        raise ValueError(f"bits must be an int in [1, 16], got {bits!r}")
-
-
 def qrange(bits: int, symmetric: bool = False) -> tuple[int, int]:
     """(qmin, qmax) of the integer grid: signed if symmetric, else unsigned."""
-    _check_bits(bits)
+    _check_bool("symmetric", symmetric)
+    bits = _check_bits(bits, symmetric)
     if symmetric:
         return -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
     return 0, 2**bits - 1
@@ -59,8 +181,8 @@ def _clip_range(x: torch.Tensor, axis: int | None, method: str, percentile: floa
         for ratio in torch.linspace(0.3, 1.0, 36):
             c_lo, c_hi = lo * ratio, hi * ratio
             scale, zp = _qparams_from_range(c_lo, c_hi, qmin, qmax, symmetric)
-            err = ((dequantize(quantize(flat, scale[:, None], zp[:, None], qmin, qmax), scale[:, None],
-                               zp[:, None]) - flat) ** 2).sum(1)
+            err = ((_dequantize(_quantize(flat, scale[:, None], zp[:, None], qmin, qmax), scale[:, None],
+                                zp[:, None]) - flat) ** 2).sum(1)
             better = err < best_err
             best_err = torch.where(better, err, best_err)
             best_lo, best_hi = torch.where(better, c_lo, best_lo), torch.where(better, c_hi, best_hi)
@@ -85,35 +207,38 @@ def choose_qparams(x: torch.Tensor, *, bits: int = 8, symmetric: bool = False, a
     """Scale and zero_point that map the range of `x` onto the `bits`-bit integer grid.
 
     Args:
-        x: float tensor (non-empty).
-        bits: 1..16.
+        x: float tensor (non-empty, finite).
+        bits: 1..16 (2..16 when symmetric: the symmetric 1-bit grid has one reachable level).
         symmetric: signed grid with zero_point 0 (True) or unsigned grid with a zero_point (False).
         axis: None for one (scale, zero_point) for the whole tensor; an int for one per slice along that
             axis (per-channel); then both come back shaped to broadcast against x.
         method: 'minmax' (the full range), 'percentile' (clip to the `percentile`-th percentile, for
             activations with outliers) or 'mse' (the clipping that minimises the squared error).
     Returns:
-        scale (float32, > 0) and zero_point (int64, in [qmin, qmax]).
+        scale (float32, > 0; an all-zero x gets the smallest scale, float32 eps) and zero_point (int64,
+        in [qmin, qmax]).
     """
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
-    if x.numel() == 0:
-        raise ValueError("x is empty: there is no range to quantize")
-    if not x.is_floating_point():
-        raise TypeError(f"x must be a float tensor, got dtype {x.dtype}")
-    _check_bits(bits)
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    if axis is not None and (not isinstance(axis, int) or not -x.dim() <= axis < x.dim()):
-        raise ValueError(f"axis must be None or an int in [{-x.dim()}, {x.dim() - 1}] for a {x.dim()}-d tensor, "
-                         f"got {axis!r}")
+    x = _check_float_tensor("x", x)
+    _check_bool("symmetric", symmetric)
+    bits = _check_bits(bits, symmetric)
+    _check_method(method)
+    if axis is not None:
+        axis = _check_int("axis", axis)
+        if not -x.dim() <= axis < x.dim():
+            raise ValueError(f"axis must be None or an int in [{-x.dim()}, {x.dim() - 1}] for a {x.dim()}-d tensor, "
+                             f"got {axis}")
+        axis %= x.dim()
+    percentile = _check_real("percentile", percentile)
     if not 50 < percentile <= 100:
         raise ValueError(f"percentile must be in (50, 100], got {percentile!r}")
-    axis = axis % x.dim() if axis is not None else None
-    x = x.detach().float()
+    x = x.float()
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError("x has values beyond float32's range (about ±3.4e38): they cannot be quantized")
     qmin, qmax = qrange(bits, symmetric)
     lo, hi = _clip_range(x, axis, method, percentile, bits, symmetric)  # (channels,)
     scale, zero_point = _qparams_from_range(lo, hi, qmin, qmax, symmetric)
+    if not bool(torch.isfinite(scale).all()):
+        raise ValueError("x's range (max - min) overflows float32, so no finite scale exists: rescale x first")
     if axis is None:
         return scale.reshape(()), zero_point.reshape(())
     shape = [1] * x.dim()
@@ -121,31 +246,44 @@ def choose_qparams(x: torch.Tensor, *, bits: int = 8, symmetric: bool = False, a
     return scale.reshape(shape), zero_point.reshape(shape)
 
 
-def _check_scale(scale) -> torch.Tensor:
-    scale = torch.as_tensor(scale, dtype=torch.float32)
-    if scale.numel() == 0 or not bool((scale > 0).all()) or not bool(torch.isfinite(scale).all()):
-        raise ValueError(f"scale must be finite and > 0, got {scale if scale.numel() < 6 else 'a tensor with <= 0'}")
-    return scale
+def _quantize(x, scale, zero_point, qmin, qmax):
+    q = torch.round(x.detach().float() * (1.0 / scale)) + zero_point  # torch multiplies by 1/scale too
+    if max(-qmin, qmax) > 2**24:  # beyond 2^24 float32 skips integers: clamp where int32's ends are exact
+        q = q.double()
+    return torch.clamp(q, qmin, qmax).to(torch.int32)
+
+
+def _dequantize(q, scale, zero_point):
+    return (q.to(torch.float32) - zero_point.float()) * scale
 
 
 def quantize(x: torch.Tensor, scale, zero_point, qmin: int, qmax: int) -> torch.Tensor:
     """Round `x / scale`, shift by `zero_point`, clamp to [qmin, qmax]; returns an int32 tensor.
 
     Args:
-        scale, zero_point: scalars or tensors that broadcast against x (as `choose_qparams` returns).
+        x: float tensor without NaN (±inf saturate to qmin/qmax, as in torch).
+        scale, zero_point: one value, or per channel a tensor that broadcasts against x (as
+            `choose_qparams` returns); scale finite and > 0, zero_point whole numbers in [qmin, qmax].
+        qmin, qmax: ints with qmin < qmax inside int32.
     """
-    scale = _check_scale(scale)
-    if not isinstance(qmin, int) or not isinstance(qmax, int) or qmin >= qmax:
-        raise ValueError(f"qmin and qmax must be ints with qmin < qmax, got {qmin!r}, {qmax!r}")
-    zero_point = torch.as_tensor(zero_point)
-    q = torch.round(x.detach().float() * (1.0 / scale)) + zero_point  # torch multiplies by 1/scale too
-    return torch.clamp(q, qmin, qmax).to(torch.int32)
+    x = _check_float_tensor("x", x, allow_inf=True, allow_empty=True)
+    qmin, qmax = _check_qrange(qmin, qmax)
+    scale = _check_scale(scale, x)
+    zero_point = _check_zero_point(zero_point, x, qmin, qmax)
+    return _quantize(x, scale.to(x.device), zero_point.to(x.device), qmin, qmax)
 
 
 def dequantize(q: torch.Tensor, scale, zero_point) -> torch.Tensor:
     """Back to floats: (q - zero_point) * scale."""
-    scale = _check_scale(scale)
-    return (q.to(torch.float32) - torch.as_tensor(zero_point).float()) * scale
+    if not isinstance(q, torch.Tensor):
+        raise TypeError(f"q must be a torch.Tensor of integer codes, got {type(q).__name__}")
+    if q.dtype == torch.bool or q.is_complex():
+        raise TypeError(f"q must hold integer codes, got dtype {q.dtype}")
+    if q.is_floating_point() and not bool((q == q.round()).all()):
+        raise ValueError("q must hold whole numbers (integer codes from quantize), got fractional or NaN values")
+    scale = _check_scale(scale, q if q.numel() else None)
+    zero_point = _check_zero_point(zero_point, q if q.numel() else None)
+    return _dequantize(q, scale.to(q.device), zero_point.to(q.device))
 
 
 class _FakeQuantSTE(torch.autograd.Function):
@@ -155,7 +293,7 @@ class _FakeQuantSTE(torch.autograd.Function):
     def forward(ctx, x, scale, zero_point, qmin, qmax):
         inside = torch.round(x.detach() * (1.0 / scale)) + zero_point
         ctx.save_for_backward((inside >= qmin) & (inside <= qmax))
-        return dequantize(quantize(x, scale, zero_point, qmin, qmax), scale, zero_point).to(x.dtype)
+        return _dequantize(_quantize(x, scale, zero_point, qmin, qmax), scale, zero_point).to(x.dtype)
 
     @staticmethod
     def backward(ctx, grad):
@@ -166,9 +304,12 @@ class _FakeQuantSTE(torch.autograd.Function):
 
 
 def fake_quantize_with(x: torch.Tensor, scale, zero_point, qmin: int, qmax: int) -> torch.Tensor:
-    """dequantize(quantize(x)) with given qparams, differentiable through the STE."""
-    scale = _check_scale(scale)
-    return _FakeQuantSTE.apply(x, scale.to(x.device), torch.as_tensor(zero_point, device=x.device), qmin, qmax)
+    """dequantize(quantize(x)) with given qparams, differentiable through the STE (same checks as `quantize`)."""
+    _check_float_tensor("x", x, allow_inf=True, allow_empty=True)
+    qmin, qmax = _check_qrange(qmin, qmax)
+    scale = _check_scale(scale, x)
+    zero_point = _check_zero_point(zero_point, x, qmin, qmax)
+    return _FakeQuantSTE.apply(x, scale.to(x.device), zero_point.to(x.device), qmin, qmax)
 
 
 def fake_quantize(x: torch.Tensor, *, bits: int = 8, symmetric: bool = False, axis: int | None = None,
@@ -176,14 +317,20 @@ def fake_quantize(x: torch.Tensor, *, bits: int = 8, symmetric: bool = False, ax
     """Quantize then dequantize `x` (floats on the integer grid), with STE gradients for training."""
     scale, zero_point = choose_qparams(x, bits=bits, symmetric=symmetric, axis=axis, method=method)
     qmin, qmax = qrange(bits, symmetric)
-    return fake_quantize_with(x, scale, zero_point, qmin, qmax)
+    return _FakeQuantSTE.apply(x, scale.to(x.device), zero_point.to(x.device), qmin, qmax)
 
 
 def sqnr_db(x: torch.Tensor, x_hat: torch.Tensor) -> float:
     """Signal-to-quantization-noise ratio in dB: 10 log10(sum x^2 / sum (x - x_hat)^2)."""
-    noise = float(((x.float() - x_hat.float()) ** 2).sum())
-    signal = float((x.float() ** 2).sum())
-    return float("inf") if noise == 0 else 10 * math.log10(signal / noise)
+    x = _check_float_tensor("x", x)
+    x_hat = _check_float_tensor("x_hat", x_hat)
+    if x.shape != x_hat.shape:
+        raise ValueError(f"x and x_hat must have the same shape, got {tuple(x.shape)} and {tuple(x_hat.shape)}")
+    noise = float(((x.double() - x_hat.double()) ** 2).sum())
+    signal = float((x.double() ** 2).sum())
+    if noise == 0:
+        return float("inf")
+    return float("-inf") if signal == 0 else 10 * math.log10(signal / noise)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -191,13 +338,12 @@ def sqnr_db(x: torch.Tensor, x_hat: torch.Tensor) -> float:
 
 
 def kmeans_quantize(x: torch.Tensor, *, bits: int = 4, iters: int = 25) -> tuple[torch.Tensor, torch.Tensor]:
-    """1-D k-means with 2^bits centroids, linear initialisation; returns (centroids, labels shaped like x)."""
-    _check_bits(bits)
-    if not isinstance(x, torch.Tensor) or x.numel() == 0:
-        raise ValueError("x must be a non-empty tensor")
-    if not isinstance(iters, int) or iters < 1:
-        raise ValueError(f"iters must be a positive int, got {iters!r}")
-    flat = x.detach().float().flatten()
+    """1-D k-means with 2^bits centroids (1 bit = 2 centroids), linear initialisation; returns (centroids,
+    labels shaped like x)."""
+    x = _check_float_tensor("x", x)
+    bits = _check_bits(bits)
+    iters = _check_int("iters", iters, low=1)
+    flat = x.float().flatten()
     k = min(2**bits, flat.numel())
     centroids = torch.linspace(float(flat.min()), float(flat.max()), k, device=flat.device)  # (k,)
     for _ in range(iters):
@@ -218,344 +364,22 @@ def kmeans_fake_quantize(x: torch.Tensor, *, bits: int = 4, iters: int = 25) -> 
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Observers: collect activation statistics on calibration data, then choose qparams
+# Re-exports: observers/QAT (lwkit.qat) and whole-model weight quantization (lwkit.mixed) import the math above,
+# so they are loaded lazily here (PEP 562) to keep `lwkit.quant.prepare_qat` etc. without an import cycle.
+
+_MOVED = {"Observer": "qat", "ActQuantizer": "qat", "QuantWrapper": "qat", "prepare_qat": "qat",
+          "prepare_ptq": "qat", "calibrate": "qat", "freeze_weights": "qat",
+          "QUANTIZABLE": "mixed", "quantizable_layers": "mixed", "quantize_weights": "mixed",
+          "quantized_size_bytes": "mixed", "layer_sensitivity": "mixed", "allocate_bits": "mixed"}
 
 
-class Observer(nn.Module):
-    """Watches tensors (`update`), then gives per-tensor qparams with the chosen method.
+def __getattr__(name: str):
+    if name in _MOVED:
+        import importlib
 
-    min/max are exact; for 'percentile' and 'mse' a random sample of the values seen is kept.
-    """
-
-    def __init__(self, *, bits: int = 8, symmetric: bool = False, method: str = "minmax",
-                 percentile: float = 99.99, max_samples: int = 200_000):
-        super().__init__()
-        _check_bits(bits)
-        if method not in METHODS:
-            raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-        self.bits, self.symmetric, self.method, self.percentile = bits, symmetric, method, percentile
-        self.max_samples = max_samples
-        self.reset()
-
-    def reset(self) -> None:
-        self.min_val, self.max_val, self.samples, self.count = None, None, [], 0
-
-    @torch.no_grad()
-    def update(self, x: torch.Tensor) -> None:
-        x = x.detach().float().flatten()
-        if x.numel() == 0:
-            return
-        self.min_val = x.min() if self.min_val is None else torch.minimum(self.min_val, x.min())
-        self.max_val = x.max() if self.max_val is None else torch.maximum(self.max_val, x.max())
-        self.count += x.numel()
-        if self.method != "minmax":
-            take = min(x.numel(), 20_000)
-            self.samples.append(x[torch.randint(x.numel(), (take,))].cpu())
-            kept = torch.cat(self.samples)
-            if kept.numel() > self.max_samples:
-                kept = kept[torch.randperm(kept.numel())[: self.max_samples]]
-            self.samples = [kept]
-
-    def qparams(self) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.min_val is None:
-            raise ValueError("the observer has seen no data: calibrate with a non-empty loader first")
-        if self.method == "minmax":
-            data = torch.stack([self.min_val, self.max_val])
-        else:
-            # the sample misses the extremes; keep them so 'percentile' at 100 equals min-max
-            data = torch.cat(self.samples + [torch.stack([self.min_val, self.max_val]).cpu()])
-        return choose_qparams(data, bits=self.bits, symmetric=self.symmetric, method=self.method,
-                              percentile=self.percentile)
+        return getattr(importlib.import_module(f"lwkit.{_MOVED[name]}"), name)
+    raise AttributeError(f"module 'lwkit.quant' has no attribute {name!r}")
 
 
-class ActQuantizer(nn.Module):
-    """Fake-quantizes activations per tensor: observes while calibrating, tracks a moving min/max while
-    training (QAT), and uses frozen qparams in eval."""
-
-    def __init__(self, *, bits: int = 8, method: str = "minmax", momentum: float = 0.1):
-        super().__init__()
-        self.bits, self.momentum = bits, momentum
-        self.observer = Observer(bits=bits, symmetric=False, method=method)
-        self.calibrating = False
-        self.register_buffer("scale", torch.tensor(1.0))
-        self.register_buffer("zero_point", torch.tensor(0, dtype=torch.int64))
-        self.register_buffer("lo", torch.tensor(0.0))
-        self.register_buffer("hi", torch.tensor(0.0))
-        self.register_buffer("ready", torch.tensor(False))
-
-    def freeze(self) -> None:
-        """Compute qparams from what the observer saw."""
-        scale, zero_point = self.observer.qparams()
-        self.scale.copy_(scale)
-        self.zero_point.copy_(zero_point)
-        self.lo.copy_(self.observer.min_val)
-        self.hi.copy_(self.observer.max_val)
-        self.ready.fill_(True)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.calibrating:
-            self.observer.update(x)
-            return x
-        qmin, qmax = qrange(self.bits, False)
-        if self.training:  # QAT: exponential moving average of the batch range
-            with torch.no_grad():
-                lo, hi = x.min().clamp(max=0), x.max().clamp(min=0)
-                if not bool(self.ready):
-                    self.lo.copy_(lo)
-                    self.hi.copy_(hi)
-                    self.ready.fill_(True)
-                else:
-                    self.lo.lerp_(lo, self.momentum)
-                    self.hi.lerp_(hi, self.momentum)
-                scale, zero_point = _qparams_from_range(self.lo, self.hi, qmin, qmax, False)
-                self.scale.copy_(scale)
-                self.zero_point.copy_(zero_point)
-        elif not bool(self.ready):
-            raise RuntimeError("activation quantizer has no qparams: run lwkit.quant.calibrate (PTQ) or train "
-                               "the model (QAT) before evaluating it")
-        return fake_quantize_with(x, self.scale, self.zero_point, qmin, qmax)
-
-    def extra_repr(self) -> str:
-        return f"bits={self.bits}, method={self.observer.method!r}"
-
-
-# ---------------------------------------------------------------------------------------------------------
-# The fake-quant layer wrapper, and model-level PTQ / QAT
-
-
-class QuantWrapper(nn.Module):
-    """A Linear or Conv2d whose weight is fake-quantized on every forward (STE), and optionally its input.
-
-    Wraps the float layer (kept inside as `.layer`, so its weight keeps training in float during QAT).
-    """
-
-    def __init__(self, layer: nn.Module, *, bits: int | None = 8, act_bits: int | None = None,
-                 per_channel: bool = True, symmetric: bool = True, method: str = "minmax",
-                 act_method: str = "minmax"):
-        super().__init__()
-        if not isinstance(layer, (nn.Linear, nn.Conv2d)):
-            raise TypeError(f"only nn.Linear and nn.Conv2d can be wrapped, got {type(layer).__name__}")
-        if bits is not None:
-            _check_bits(bits)
-        self.layer, self.bits, self.per_channel, self.symmetric, self.method = layer, bits, per_channel, symmetric, method
-        self.act = ActQuantizer(bits=act_bits, method=act_method) if act_bits is not None else None
-
-    def quantized_weight(self) -> torch.Tensor:
-        w = self.layer.weight
-        if self.bits is None:
-            return w
-        scale, zero_point = choose_qparams(w, bits=self.bits, symmetric=self.symmetric,
-                                           axis=0 if self.per_channel else None, method=self.method)
-        qmin, qmax = qrange(self.bits, self.symmetric)
-        return fake_quantize_with(w, scale, zero_point, qmin, qmax)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.act is not None:
-            x = self.act(x)
-        w = self.quantized_weight()
-        if isinstance(self.layer, nn.Linear):
-            return F.linear(x, w, self.layer.bias)
-        return self.layer._conv_forward(x, w, self.layer.bias)
-
-    def extra_repr(self) -> str:
-        return f"bits={self.bits}, per_channel={self.per_channel}, symmetric={self.symmetric}, method={self.method!r}"
-
-
-QUANTIZABLE = (nn.Linear, nn.Conv2d)
-
-
-def quantizable_layers(model: nn.Module) -> dict[str, nn.Module]:
-    """name -> every nn.Linear / nn.Conv2d of the model (in order), the layers quantization wraps."""
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    return {name: m for name, m in model.named_modules() if isinstance(m, QUANTIZABLE)}
-
-
-def _wrap(model: nn.Module, make) -> nn.Module:
-    model = copy.deepcopy(model)
-    layers = quantizable_layers(model)
-    if not layers:
-        raise ValueError(f"{type(model).__name__} has no nn.Linear or nn.Conv2d layer to quantize")
-    for name, layer in layers.items():
-        parent_name, _, child = name.rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, child, make(name, layer))
-    return model
-
-
-def prepare_qat(model: nn.Module, *, bits: int = 8, act_bits: int | None = None, per_channel: bool = True,
-                symmetric: bool = True) -> nn.Module:
-    """A deep copy of `model` ready for quantization-aware training (QAT).
-
-    Every nn.Linear and nn.Conv2d becomes a `QuantWrapper`: its float weight is fake-quantized to `bits`
-    (per output channel if `per_channel`, symmetric if `symmetric`) on each forward, with the
-    straight-through estimator in the backward pass, so `lwkit.train.fit` trains the float weights
-    *through* the quantizer. If `act_bits` is given, each layer's input is fake-quantized too (unsigned
-    grid, per tensor, range from a moving min/max while training, frozen in eval). The original model is
-    untouched; evaluate the copy with `lwkit.train.evaluate`, and read the quantized weights back with
-    `QuantWrapper.quantized_weight()` or `freeze_weights`.
-    """
-    _check_bits(bits)
-    if act_bits is not None:
-        _check_bits(act_bits)
-    return _wrap(model, lambda name, layer: QuantWrapper(layer, bits=bits, act_bits=act_bits,
-                                                         per_channel=per_channel, symmetric=symmetric))
-
-
-def quantize_weights(model: nn.Module, *, bits: int | dict = 8, per_channel: bool = True, symmetric: bool = True,
-                     method: str = "minmax") -> nn.Module:
-    """Weight-only post-training quantization (PTQ): a copy whose Linear/Conv2d weights lie on the grid.
-
-    `bits` is one int for every layer or a dict layer name -> bits (None keeps that layer in float);
-    layers missing from the dict stay in float. Returns a plain float model (the weights are dequantized
-    values), so it runs anywhere; the integer storage is what `quantized_size_bytes` counts.
-    """
-    model = copy.deepcopy(model)
-    layers = quantizable_layers(model)
-    if not layers:
-        raise ValueError(f"{type(model).__name__} has no nn.Linear or nn.Conv2d layer to quantize")
-    if isinstance(bits, dict):
-        unknown = set(bits) - set(layers)
-        if unknown:
-            raise ValueError(f"bits names unknown layers {sorted(unknown)}; quantizable layers: {list(layers)}")
-    with torch.no_grad():
-        for name, layer in layers.items():
-            b = bits.get(name) if isinstance(bits, dict) else bits
-            if b is None:
-                continue
-            w = layer.weight
-            if method == "kmeans":
-                layer.weight.copy_(kmeans_fake_quantize(w, bits=b))
-            else:
-                layer.weight.copy_(fake_quantize(w, bits=b, symmetric=symmetric,
-                                                 axis=0 if per_channel else None, method=method))
-    return model.eval()
-
-
-def prepare_ptq(model: nn.Module, *, bits: int | None = 8, act_bits: int = 8, per_channel: bool = True,
-                symmetric: bool = True, act_method: str = "minmax") -> nn.Module:
-    """A copy with weight and activation fake-quantization, waiting for `calibrate`."""
-    if act_method not in METHODS:
-        raise ValueError(f"act_method must be one of {METHODS}, got {act_method!r}")
-    _check_bits(act_bits)
-    return _wrap(model, lambda name, layer: QuantWrapper(layer, bits=bits, act_bits=act_bits,
-                                                         per_channel=per_channel, symmetric=symmetric,
-                                                         act_method=act_method)).eval()
-
-
-@torch.no_grad()
-def calibrate(model: nn.Module, loader, *, num_batches: int | None = None) -> nn.Module:
-    """Run calibration batches through a `prepare_ptq` model, then freeze every activation quantizer."""
-    quantizers = [m for m in model.modules() if isinstance(m, ActQuantizer)]
-    if not quantizers:
-        raise ValueError("model has no activation quantizers: build it with prepare_ptq(..., act_bits=8)")
-    if num_batches is not None and (not isinstance(num_batches, int) or num_batches < 1):
-        raise ValueError(f"num_batches must be None or a positive int, got {num_batches!r}")
-    for q in quantizers:
-        q.observer.reset()
-        q.calibrating = True
-    model.eval()
-    seen = 0
-    try:
-        for i, batch in enumerate(loader):
-            if num_batches is not None and i >= num_batches:
-                break
-            x = batch[0] if isinstance(batch, (tuple, list)) else batch
-            model(x)
-            seen += 1
-    finally:
-        for q in quantizers:
-            q.calibrating = False
-    if seen == 0:
-        raise ValueError("calibration data is empty: the loader yielded no batches")
-    for q in quantizers:
-        q.freeze()
-    return model
-
-
-def freeze_weights(model: nn.Module) -> nn.Module:
-    """A plain float copy of a `prepare_qat` model with the (dequantized) quantized weights written in."""
-    model = copy.deepcopy(model)
-    wrappers = {n: m for n, m in model.named_modules() if isinstance(m, QuantWrapper)}
-    if not wrappers:
-        raise ValueError("model has no QuantWrapper layers: build it with prepare_qat or prepare_ptq")
-    for name, w in wrappers.items():
-        with torch.no_grad():
-            w.layer.weight.copy_(w.quantized_weight())
-        parent_name, _, child = name.rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, child, w.layer if w.act is None else w)
-    return model.eval()
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Size and mixed precision
-
-
-def quantized_size_bytes(model: nn.Module, bits: int | dict, *, per_channel: bool = True) -> float:
-    """Bytes to store `model` with its Linear/Conv2d weights at `bits` (int or name -> bits, None = fp32):
-    packed integers plus one fp32 scale and one zero_point byte per channel (or per tensor); everything
-    else (biases, BatchNorm) at fp32."""
-    layers = quantizable_layers(model)
-    total = 0.0
-    quantized_params = set()
-    for name, layer in layers.items():
-        b = bits.get(name) if isinstance(bits, dict) else bits
-        if b is None:
-            continue
-        _check_bits(b)
-        groups = layer.weight.shape[0] if per_channel else 1
-        total += layer.weight.numel() * b / 8 + groups * 5
-        quantized_params.add(id(layer.weight))
-    for p in model.state_dict(keep_vars=True).values():
-        if id(p) not in quantized_params and p.is_floating_point():
-            total += p.numel() * 4
-    return total
-
-
-def layer_sensitivity(model: nn.Module, evaluate, *, bits_options=(8, 4, 3, 2), per_channel: bool = True,
-                      symmetric: bool = True) -> dict[str, dict[int, float]]:
-    """layer -> {bits: score} with only that layer quantized (others fp32); `evaluate(model) -> score`."""
-    if not callable(evaluate):
-        raise TypeError(f"evaluate must be a callable model -> score, got {type(evaluate).__name__}")
-    out = {}
-    for name in quantizable_layers(model):
-        out[name] = {b: float(evaluate(quantize_weights(model, bits={name: b}, per_channel=per_channel,
-                                                        symmetric=symmetric))) for b in bits_options}
-    return out
-
-
-def allocate_bits(sensitivity: dict[str, dict[int, float]], sizes: dict[str, int], budget_bits: float, *,
-                  max_combinations: int = 200_000) -> dict[str, int]:
-    """Per-layer bits that maximise the summed scores under a total weight budget (in bits).
-
-    Args:
-        sensitivity: layer -> {bits: score when only that layer is at those bits} (higher is better;
-            e.g. accuracy). Summing per-layer scores assumes their effects add up — a first-order guess.
-        sizes: layer -> number of weights.
-        budget_bits: the most weight bits allowed, sum over layers of sizes[layer] * bits[layer].
-    Tries every combination (few layers, few options) and raises if none fits.
-    """
-    names = list(sensitivity)
-    if not names:
-        raise ValueError("sensitivity is empty")
-    missing = [n for n in names if n not in sizes]
-    if missing:
-        raise ValueError(f"sizes is missing layers {missing}")
-    if not isinstance(budget_bits, (int, float)) or budget_bits <= 0:
-        raise ValueError(f"budget_bits must be a positive number, got {budget_bits!r}")
-    options = [sorted(sensitivity[n]) for n in names]
-    if math.prod(len(o) for o in options) > max_combinations:
-        raise ValueError(f"too many combinations to try (> {max_combinations}); use fewer bit options")
-    best, best_score = None, -math.inf
-    for combo in itertools.product(*options):
-        cost = sum(sizes[n] * b for n, b in zip(names, combo, strict=True))
-        if cost > budget_bits:
-            continue
-        score = sum(sensitivity[n][b] for n, b in zip(names, combo, strict=True))
-        if score > best_score:
-            best, best_score = dict(zip(names, combo, strict=True)), score
-    if best is None:
-        smallest = sum(sizes[n] * min(o) for n, o in zip(names, options, strict=True))
-        raise ValueError(f"no allocation fits budget_bits={budget_bits}: the smallest needs {smallest} bits")
-    return best
+def __dir__():
+    return sorted(set(globals()) | set(_MOVED))

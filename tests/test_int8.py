@@ -90,7 +90,49 @@ def test_bad_inputs():
         int8.eager_dynamic_int8("not a model")
     with pytest.raises(ValueError, match="no nn.Linear"):
         int8.eager_dynamic_int8(nn.Sequential(nn.ReLU()))
-    with pytest.raises(ValueError, match="backend"):
+    with pytest.raises(ValueError, match=r"backend must be one of this build's engines \["):
         int8.eager_static_int8(models.SmallCNN(), torch.randn(2, 1, 28, 28), backend="tpu")
-    with pytest.raises(ValueError, match="empty"):
+    with pytest.raises(ValueError, match="calibration_data is empty"):
         int8.eager_static_int8(models.SmallCNN(), [])
+    with pytest.raises(TypeError, match="calibration_data"):
+        int8.eager_static_int8(models.SmallCNN(), "images")
+    with pytest.raises(ValueError, match="dtype"):
+        int8.Autocast(models.LeNet300100(), dtype=torch.int8)
+    net = models.LeNet300100()
+    with pytest.raises(ValueError, match=r"accuracy names unknown models \['int9'\]"):
+        int8.compare({"fp32": net}, torch.randn(2, 1, 28, 28), accuracy={"int9": 0.5})
+    with pytest.raises(ValueError, match="repeats"):
+        int8.compare({"fp32": net}, torch.randn(2, 1, 28, 28), repeats=0)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Regression tests for the reliability review (shared/reviews/reliability.md)
+
+
+@needs_torchao
+def test_review_pt2e_one_image(cnn_and_data):
+    """pt2e_static_int8 with a one-image example_input failed with torch.export's "Constraints violated (batch)"."""
+    net, x = cnn_and_data
+    q = int8.pt2e_static_int8(net, x[:1], x, num_batches=None)
+    with torch.no_grad():
+        assert q(x[:1]).shape == (1, 10) and q(x[:7]).shape == (7, 10), "the batch dimension stays dynamic"
+        assert _close(q(x), net(x), 0.1)
+
+
+@pytest.mark.parametrize("convert", [
+    pytest.param(lambda m, data, **kw: int8.eager_static_int8(m, data, **kw), marks=needs_x86),
+    pytest.param(lambda m, data, **kw: int8.pt2e_static_int8(m, torch.randn(2, 1, 28, 28), data, **kw),
+                 marks=needs_torchao),
+], ids=["eager_static_int8", "pt2e_static_int8"])
+def test_review_num_batches_zero(convert):
+    """num_batches=0 said "calibration data is empty"; now it names num_batches (before any export)."""
+    net, x = models.SmallCNN().eval(), torch.randn(4, 1, 28, 28)
+    for n, error in ((0, ValueError), (-2, ValueError), (2.0, TypeError), (True, TypeError)):
+        with pytest.raises(error, match="num_batches"):
+            convert(net, [(x, None)], num_batches=n)
+    with pytest.raises(ValueError, match="calibration_data is empty"):
+        convert(net, [])
+    with pytest.raises(ValueError, match="calibration_data is empty"):
+        convert(net, torch.empty(0, 1, 28, 28))
+    with pytest.raises(ValueError, match="calibration_data batch 0 is empty"):
+        convert(net, [(torch.empty(0, 1, 28, 28), None)])

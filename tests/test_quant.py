@@ -17,7 +17,7 @@ def test_qrange():
     assert quant.qrange(8, symmetric=True) == (-128, 127)
     assert quant.qrange(8, symmetric=False) == (0, 255)
     assert quant.qrange(4) == (0, 15)
-    assert quant.qrange(1, symmetric=True) == (-1, 0)
+    assert quant.qrange(1, symmetric=False) == (0, 1)
 
 
 def test_hand_example():
@@ -158,49 +158,6 @@ def test_kmeans():
         assert km < uni
 
 
-def test_prepare_qat_wraps_and_trains():
-    torch.manual_seed(0)
-    net = models.LeNet300100()
-    qat = quant.prepare_qat(net, bits=4, act_bits=8)
-    assert isinstance(net.fc1, nn.Linear), "the original model is untouched"
-    assert all(isinstance(getattr(qat, n), quant.QuantWrapper) for n in ("fc1", "fc2", "fc3"))
-    x, y = torch.randn(16, 1, 28, 28), torch.randint(0, 10, (16,))
-    loss = nn.functional.cross_entropy(qat.train()(x), y)
-    loss.backward()
-    assert qat.fc1.layer.weight.grad is not None and qat.fc1.layer.weight.grad.abs().sum() > 0
-    w = qat.fc1.quantized_weight()
-    assert all(len(row.unique()) <= 16 for row in w.detach())
-    out = qat.eval()(x)
-    assert out.shape == (16, 10)
-    frozen = quant.freeze_weights(quant.prepare_qat(net, bits=4))
-    assert isinstance(frozen.fc1, nn.Linear)
-    torch.testing.assert_close(frozen(x), quant.prepare_qat(net, bits=4).eval()(x))
-
-
-def test_prepare_qat_cnn_and_ptq_calibration():
-    torch.manual_seed(0)
-    cnn = models.SmallCNN().eval()
-    x = torch.randn(8, 1, 28, 28)
-    q = quant.prepare_ptq(cnn, bits=8, act_bits=8)
-    with pytest.raises(RuntimeError, match="calibrate"):
-        q(x)
-    quant.calibrate(q, [(x, None)])
-    torch.testing.assert_close(q(x), cnn(x), atol=0.1, rtol=0.1)
-    w8 = quant.quantize_weights(cnn, bits=8)
-    torch.testing.assert_close(w8(x), cnn(x), atol=0.05, rtol=0.05)
-    assert quant.prepare_qat(cnn, bits=2)(x).shape == (8, 10)
-
-
-def test_observer_methods():
-    obs = quant.Observer(bits=8, method="percentile", percentile=99.0)
-    obs.update(torch.cat([torch.rand(10_000), torch.tensor([1000.0])]))
-    scale, _ = obs.qparams()
-    assert scale < 0.01  # the outlier was clipped away
-    obs = quant.Observer(bits=8)
-    obs.update(torch.tensor([-1.0, 3.0]))
-    assert obs.qparams()[0].item() == pytest.approx(4 / 255)
-
-
 def test_mixed_precision():
     sens = {"a": {8: 0.9, 4: 0.5}, "b": {8: 0.9, 4: 0.89}}
     sizes = {"a": 100, "b": 1000}
@@ -217,12 +174,18 @@ def test_mixed_precision():
     assert set(sens) == {"fc1", "fc2", "fc3"} and sens["fc1"] == {8: 1.0, 2: 1.0}
 
 
-@pytest.mark.parametrize("bits", [0, 17, 4.0, True, "8"])
-def test_bad_bits(bits):
-    with pytest.raises(ValueError, match="bits"):
+@pytest.mark.parametrize(("bits", "error"), [(0, ValueError), (17, ValueError), (-3, ValueError),
+                                             (4.0, TypeError), (True, TypeError), ("8", TypeError), (None, TypeError)])
+def test_bad_bits(bits, error):
+    """Out-of-range ints are ValueErrors; anything that is not an int (a bool, a float such as 4.0) a TypeError."""
+    with pytest.raises(error, match="bits"):
         quant.choose_qparams(torch.randn(4), bits=bits)
-    with pytest.raises(ValueError, match="bits"):
+    with pytest.raises(error, match="bits"):
         quant.prepare_qat(models.LeNet300100(), bits=bits)
+    with pytest.raises(error, match="bits"):
+        quant.qrange(bits)
+    with pytest.raises(error, match="bits"):
+        quant.kmeans_quantize(torch.randn(8), bits=bits)
 
 
 def test_bad_inputs():
@@ -241,14 +204,6 @@ def test_bad_inputs():
             quant.dequantize(torch.zeros(4, dtype=torch.int32), scale, 0)
     with pytest.raises(ValueError, match="qmin"):
         quant.quantize(torch.randn(4), 0.1, 0, 5, 5)
-    with pytest.raises(ValueError, match="empty"):
-        quant.calibrate(quant.prepare_ptq(models.LeNet300100()), [])
-    with pytest.raises(ValueError, match="seen no data"):
-        quant.Observer().qparams()
-    with pytest.raises(ValueError, match="no nn.Linear"):
-        quant.prepare_qat(nn.Sequential(nn.ReLU()))
-    with pytest.raises(TypeError, match="only nn.Linear"):
-        quant.QuantWrapper(nn.Conv1d(1, 1, 3))
     with pytest.raises(ValueError, match="unknown layers"):
         quant.quantize_weights(models.LeNet300100(), bits={"fc9": 4})
 
@@ -278,3 +233,154 @@ def test_bit_width_explorer_static_figures(monkeypatch):
         widgets.bit_width_explorer(net, score, layer="fc9")
     with pytest.raises(TypeError, match="evaluate"):
         widgets.bit_width_explorer(net, None)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Mixed precision and model size (lwkit.mixed, re-exported by lwkit.quant)
+
+
+def test_quantize_weights_leaves_the_model_alone_and_matches_fake_quantize():
+    net = models.LeNet300100()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    q = quant.quantize_weights(net, bits={"fc1": 4, "fc3": None}, per_channel=True, symmetric=True)
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
+    assert torch.equal(q.fc1.weight, quant.fake_quantize(net.fc1.weight, bits=4, symmetric=True, axis=0))
+    assert torch.equal(q.fc2.weight, net.fc2.weight) and torch.equal(q.fc3.weight, net.fc3.weight)
+    assert len(quant.quantize_weights(net, bits=1, symmetric=False, per_channel=False).fc2.weight.unique()) == 2
+    assert len(quant.quantize_weights(net, bits=1, method="kmeans").fc2.weight.unique()) == 2
+
+
+def test_quantized_size_bytes_hand_count():
+    net = nn.Sequential(nn.Linear(10, 4), nn.Linear(4, 2, bias=False))
+    # layer 0: 40 weights at 4 bits = 20 B + 4 channels * 5 B; bias 4 * 4 B; layer 1 fp32: 8 * 4 B
+    assert quant.quantized_size_bytes(net, {"0": 4}) == 20 + 20 + 16 + 32
+    assert quant.quantized_size_bytes(net, 8, per_channel=False) == 40 + 5 + 16 + 8 + 5
+    assert quant.quantized_size_bytes(net, None) == 4 * (40 + 4 + 8)
+
+
+def test_layer_sensitivity_layers_argument():
+    net = models.LeNet300100()
+    calls = []
+    sens = quant.layer_sensitivity(net, lambda m: calls.append(1) or 0.5, bits_options=[4, 2], layers=["fc3"])
+    assert sens == {"fc3": {4: 0.5, 2: 0.5}} and len(calls) == 2
+    with pytest.raises(ValueError, match=r"unknown layers \['fc9'\].*fc1"):
+        quant.layer_sensitivity(net, lambda m: 0.5, layers=["fc9"])
+    with pytest.raises(TypeError, match="layers"):
+        quant.layer_sensitivity(net, lambda m: 0.5, layers="fc1")
+    with pytest.raises(ValueError, match="evaluate"):
+        quant.layer_sensitivity(net, lambda m: float("nan"), bits_options=[8])
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Regression tests for the reliability review (shared/reviews/reliability.md)
+
+
+def test_review_one_bit_symmetric():
+    """Section 7: 1-bit symmetric has one reachable level ({-1, 0} with scale max|x| / 0.5 maps all to 0)."""
+    net = models.LeNet300100()
+    for call in (lambda: quant.quantize_weights(net, bits=1),
+                 lambda: quant.quantize_weights(net, bits={"fc1": 1}),
+                 lambda: quant.fake_quantize(torch.randn(6, 5), bits=1, symmetric=True),
+                 lambda: quant.choose_qparams(torch.randn(6), bits=1, symmetric=True),
+                 lambda: quant.qrange(1, symmetric=True),
+                 lambda: quant.prepare_qat(net, bits=1),
+                 lambda: quant.prepare_ptq(net, bits=1),
+                 lambda: quant.QuantWrapper(nn.Linear(3, 2), bits=1),
+                 lambda: quant.layer_sensitivity(net, lambda m: 1.0, bits_options=(8, 1)),
+                 lambda: quant.Observer(bits=1, symmetric=True)):
+        with pytest.raises(ValueError, match=r"bits.*=1 with symmetric=True.*symmetric=False"):
+            call()
+    # asymmetric 1-bit keeps two levels (0 and one step of (max - min) / 1), as torch computes it
+    x = torch.tensor([-0.75, -0.1, 0.2, 1.25])
+    assert quant.choose_qparams(x, bits=1) == (2.0, 0)
+    assert quant.fake_quantize(x, bits=1).tolist() == [0.0, 0.0, 0.0, 2.0]
+    assert torch.equal(quant.fake_quantize(x, bits=1), torch.fake_quantize_per_tensor_affine(x, 2.0, 0, 0, 1))
+    assert len(quant.quantize_weights(net, bits=1, symmetric=False, per_channel=False).fc1.weight.unique()) == 2
+
+
+def test_review_qparams_nan_inf():
+    """choose_qparams / fake_quantize refused NaN (scale nan, zero_point INT64_MIN) and inf silently."""
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        x = torch.tensor([0.5, bad, -1.0])
+        for fn, kwargs in ((quant.choose_qparams, {}), (quant.choose_qparams, {"symmetric": True, "method": "mse"}),
+                           (quant.fake_quantize, {}), (quant.kmeans_quantize, {})):
+            with pytest.raises(ValueError, match="x contains"):
+                fn(x, **kwargs)
+    scale, zp = quant.choose_qparams(torch.zeros(7))  # all zeros: the smallest valid scale, as torch.ao
+    assert scale.item() == torch.finfo(torch.float32).eps and zp.item() == 0
+    assert quant.fake_quantize(torch.zeros(3), bits=4, symmetric=True).tolist() == [0.0, 0.0, 0.0]
+    with pytest.raises(ValueError, match="float32"):
+        quant.choose_qparams(torch.tensor([1e300, -1e300], dtype=torch.float64))
+    with pytest.raises(ValueError, match="overflows"):
+        quant.choose_qparams(torch.tensor([3e38, -3e38]))
+    net = models.LeNet300100()
+    with torch.no_grad():
+        net.fc2.weight[0, 0] = float("nan")
+    with pytest.raises(ValueError, match="'fc2'.*NaN"):
+        quant.quantize_weights(net, bits=4)
+
+
+def test_review_quantize_qrange_int32():
+    """quantize(tensor([1e12]), 1.0, 0, 0, 2**40) returned -2147483648: qmin/qmax must fit int32."""
+    x = torch.tensor([1e12])
+    with pytest.raises(ValueError, match="qmax"):
+        quant.quantize(x, 1.0, 0, 0, 2**40)
+    with pytest.raises(ValueError, match="qmin"):
+        quant.fake_quantize_with(x, 1.0, 0, -(2**31) - 1, 0)
+    with pytest.raises(TypeError, match="qmin"):
+        quant.quantize(x, 1.0, 0, 0.0, 255)
+    with pytest.raises(ValueError, match="qmin must be < qmax"):
+        quant.quantize(x, 1.0, 0, 7, 3)
+    assert quant.quantize(x, 1.0, 0, -(2**31), 2**31 - 1).item() == 2**31 - 1
+    for zp, error in ((300, ValueError), (0.5, ValueError), (True, TypeError), (torch.tensor([1, 2, 3]), ValueError)):
+        with pytest.raises(error, match="zero_point"):
+            quant.quantize(torch.randn(4, 2), 0.1, zp, 0, 255)
+    with pytest.raises(ValueError, match=r"scale of shape \(3,\)"):
+        quant.dequantize(torch.zeros(4, 3, dtype=torch.int32), torch.ones(3), 0)
+    with pytest.raises(ValueError, match="scale"):
+        quant.fake_quantize_with(torch.randn(4), float("inf"), 0, 0, 255)
+
+
+def test_review_quantized_size_bytes_unknown_layer():
+    """quantized_size_bytes({'fc9': 4}) ignored the name and reported the fp32 size."""
+    net = models.LeNet300100()
+    with pytest.raises(ValueError, match=r"unknown layers \['fc9'\]; quantizable layers: \['fc1', 'fc2', 'fc3'\]"):
+        quant.quantized_size_bytes(net, {"fc9": 4})
+    with pytest.raises(ValueError, match=r"unknown layers \['fc9'\]"):
+        quant.quantize_weights(net, bits={"fc1": 4, "fc9": 4})
+    with pytest.raises(TypeError, match=r"bits\['fc1'\]"):
+        quant.quantized_size_bytes(net, {"fc1": 4.0})
+
+
+def test_review_allocate_bits_budget():
+    """allocate_bits(budget_bits=nan) ignored the budget; unknown layer names were ignored too."""
+    sens, sizes = {"a": {8: 0.9, 4: 0.5}, "b": {8: 0.9, 4: 0.89}}, {"a": 100, "b": 1000}
+    for budget in (float("nan"), float("inf"), -1.0, 0):
+        with pytest.raises(ValueError, match="budget_bits"):
+            quant.allocate_bits(sens, sizes, budget)
+    with pytest.raises(TypeError, match="budget_bits"):
+        quant.allocate_bits(sens, sizes, True)
+    with pytest.raises(ValueError, match=r"unknown \['c'\]"):
+        quant.allocate_bits(sens, {**sizes, "c": 5}, 1e9)
+    with pytest.raises(ValueError, match=r"missing \['b'\]"):
+        quant.allocate_bits(sens, {"a": 100}, 1e9)
+    with pytest.raises(ValueError, match=r"sensitivity\['a'\]\[4\]"):
+        quant.allocate_bits({"a": {8: 0.9, 4: float("nan")}}, {"a": 100}, 1e9)
+
+
+def test_review_layer_sensitivity_interrupted_leaves_model_unchanged():
+    """A scan interrupted by the learner (or an evaluate that raises) must not leave the model quantized."""
+    net = models.LeNet300100()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    calls = []
+
+    def evaluate(m):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return 0.0
+
+    with pytest.raises(KeyboardInterrupt):
+        quant.layer_sensitivity(net, evaluate, bits_options=(4, 2))
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
+    assert all(isinstance(m, nn.Linear) for m in (net.fc1, net.fc2, net.fc3))
