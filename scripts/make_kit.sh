@@ -16,7 +16,8 @@ mkdir -p "$KIT/wheels"
 # The locked set: exactly what the tested venv holds (lwkit itself excluded; setuptools for its build).
 "$PY" -m pip freeze --exclude-editable | grep -v '^lwkit' > "$KIT/requirements-lock.txt"
 echo "setuptools>=77" >> "$KIT/requirements-lock.txt"
-"$PY" -m pip download --quiet --only-binary=:all: -d "$KIT/wheels" -r "$KIT/requirements-lock.txt"
+# pip wheel: downloads the wheels, and builds one for the few packages published only as source.
+"$PY" -m pip wheel --quiet --no-deps -w "$KIT/wheels" -r "$KIT/requirements-lock.txt"
 git archive --format=tar --prefix=lwkit/ HEAD | tar -x -C "$KIT"
 cat > "$KIT/install.sh" <<'EOS'
 #!/usr/bin/env bash
