@@ -31,7 +31,11 @@ class LeNet300100(nn.Module):
 
     def __init__(self, hidden: tuple[int, int] = (300, 100), num_classes: int = 10, in_features: int = 784):
         super().__init__()
-        h1, h2 = hidden
+        if not isinstance(hidden, (tuple, list)) or len(hidden) != 2:
+            raise ValueError(f"hidden must be a pair of positive ints (h1, h2), got {hidden!r}")
+        h1, h2 = (_check_pos_int(h, "hidden") for h in hidden)
+        num_classes = _check_pos_int(num_classes, "num_classes")
+        in_features = _check_pos_int(in_features, "in_features")
         self.fc1 = nn.Linear(in_features, h1)
         self.fc2 = nn.Linear(h1, h2)
         self.fc3 = nn.Linear(h2, num_classes)
@@ -69,6 +73,9 @@ class SmallCNN(nn.Module):
         super().__init__()
         if not channels or any(not isinstance(c, int) or c <= 0 for c in channels):
             raise ValueError(f"channels must be a non-empty tuple of positive ints, got {channels!r}")
+        num_classes = _check_pos_int(num_classes, "num_classes")
+        in_channels = _check_pos_int(in_channels, "in_channels")
+        head_pool = _check_pos_int(head_pool, "head_pool")
         layers: list[nn.Module] = []
         prev = in_channels
         for i, c in enumerate(channels):
