@@ -19,6 +19,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from lwkit.data import _check_positive_int, _check_seed  # one definition of each check
+
 __all__ = ["History", "default_device", "evaluate", "fit", "progress_bar", "seed_everything"]
 
 # Names that moved to lwkit.checkpoints, still importable from here (lwkit.train.baseline, ...).
@@ -35,16 +37,6 @@ def __getattr__(name: str):
 
 # ---------------------------------------------------------------------------------------------------------
 # Argument checks (each error names the argument, the value and what is allowed)
-
-
-def _check_seed(seed, name: str = "seed") -> None:
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed < 2**32:
-        raise ValueError(f"{name} must be an int in [0, 2**32), got {seed!r}")
-
-
-def _check_positive_int(value, name: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value <= 0:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
 
 
 def _check_real(value, name: str, *, positive: bool) -> None:
