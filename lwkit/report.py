@@ -2,6 +2,10 @@
 
 Inside a run, `LWKIT_RECORDS` names a JSON-lines file and `LWKIT_NOTEBOOK` the notebook being run;
 `record` appends one line per call. Outside a run it only prints, so notebooks work the same in JupyterLab.
+
+Variants (one compressed model each, for the Pareto explorer of notebook 10) go the same way into a sibling
+file named by `LWKIT_VARIANTS`: `record_variant(name, technique, accuracy, size_bytes, macs, latency_ms, batch,
+threads, recipe=...)`; `lwkit.run` collects them into `build/variants.json`.
 """
 
 from __future__ import annotations
@@ -13,10 +17,16 @@ import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-__all__ = ["RECORDS_ENV", "NOTEBOOK_ENV", "Record", "record", "read_records"]
+__all__ = ["RECORDS_ENV", "NOTEBOOK_ENV", "VARIANTS_ENV", "TECHNIQUES", "Record", "record", "read_records",
+           "Variant", "record_variant", "read_variants"]
 
 RECORDS_ENV = "LWKIT_RECORDS"
 NOTEBOOK_ENV = "LWKIT_NOTEBOOK"
+VARIANTS_ENV = "LWKIT_VARIANTS"
+# the technique of a variant: what the explorer filters by (a recipe mixing several is a 'pipeline'; a
+# per-layer policy found by lwkit.search is 'search')
+TECHNIQUES = ("baseline", "pruning", "quantization", "distillation", "peft", "architecture", "deployment",
+              "pipeline", "search")
 
 
 @dataclass
@@ -119,3 +129,95 @@ def read_records(path: str | Path) -> list[Record]:
             raise ValueError(f"{where} is corrupted or truncated ({exc.msg}): {line[:200]!r}") from exc
         records.append(_record_from(obj, where))
     return records
+
+
+# --- Variants: one compressed model each, for the Pareto explorer ------------------------------------------
+
+
+@dataclass
+class Variant:
+    notebook: str  # notebook that made it ('' outside a run)
+    name: str  # e.g. 'MLP 92 % sparse'
+    technique: str  # one of TECHNIQUES
+    accuracy: float  # test accuracy in [0, 1]
+    size_bytes: int  # bytes on disk of the file this variant is stored as
+    macs: int  # multiply-accumulates of one forward pass on one input (what runs, zeros included)
+    latency_ms: float  # measured median latency of one forward pass at `batch`
+    batch: int  # batch size of the latency measurement
+    threads: int  # CPU threads of the latency measurement
+    recipe: str  # how it was made, in words or as a lwkit.pipeline recipe text
+
+
+def _real(name: str, v, *, low: float = 0.0, high: float = math.inf, integer: bool = False, what: str = ""):
+    v = _scalar(v)
+    kind = numbers.Integral if integer else numbers.Real
+    if isinstance(v, bool) or not isinstance(v, kind):
+        raise TypeError(f"{name} must be {'a whole number' if integer else 'a real number'}{what}, got {v!r}")
+    if not math.isfinite(v) or not low <= v <= high:
+        raise ValueError(f"{name} must be in [{low}, {high}]{what}, got {v!r}")
+    return int(v) if integer else float(v)
+
+
+def _variant(notebook, name, technique, accuracy, size_bytes, macs, latency_ms, batch, threads, recipe) -> Variant:
+    for arg, v in (("name", name), ("recipe", recipe), ("notebook", notebook)):
+        if not isinstance(v, str):
+            raise TypeError(f"{arg} must be a str, got {type(v).__name__}: {v!r:.80}")
+    if not name.strip():
+        raise ValueError(f"name must be a non-empty str such as 'MLP 92 % sparse', got {name!r}")
+    if technique not in TECHNIQUES:
+        raise ValueError(f"technique must be one of {TECHNIQUES}, got {technique!r}")
+    return Variant(notebook=notebook, name=name, technique=technique,
+                   accuracy=_real("accuracy", accuracy, high=1.0, what=" (a fraction, e.g. 0.87)"),
+                   size_bytes=_real("size_bytes", size_bytes, low=1, integer=True, what=" (bytes on disk)"),
+                   macs=_real("macs", macs, integer=True, what=" (per input)"),
+                   latency_ms=_real("latency_ms", latency_ms, what=" (milliseconds, measured)"),
+                   batch=_real("batch", batch, low=1, integer=True),
+                   threads=_real("threads", threads, low=1, integer=True), recipe=recipe)
+
+
+def record_variant(name: str, technique: str, accuracy: float, size_bytes: int, macs: int, latency_ms: float,
+                   batch: int, threads: int, *, recipe: str = "", quiet: bool = False) -> Variant:
+    """Record one compressed model for the course's Pareto explorer (every argument checked first).
+
+    Inside a run (`LWKIT_VARIANTS` set) one JSON line is appended to that file; outside, it only prints.
+    """
+    v = _variant(os.environ.get(NOTEBOOK_ENV, ""), name, technique, accuracy, size_bytes, macs, latency_ms, batch,
+                 threads, recipe)
+    path = os.environ.get(VARIANTS_ENV)
+    if path:
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(asdict(v)) + "\n")
+    if not quiet:
+        print(f"variant {name!r} ({technique}): accuracy {v.accuracy:.2%}, {v.size_bytes:,} bytes, "
+              f"{v.latency_ms:.3g} ms at batch {v.batch}")
+    return v
+
+
+def read_variants(path: str | Path) -> list[Variant]:
+    """Variants from a JSON-lines file written by `record_variant` or a JSON list (variants.json); [] if absent.
+
+    A damaged file or entry raises ValueError naming the file and the entry.
+    """
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"path must be a str or Path, got {type(path).__name__}")
+    path = Path(path)
+    if not path.exists():
+        return []
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"variants file {path} is unreadable ({type(exc).__name__}: {exc})") from exc
+    try:
+        items = json.loads(text) if text.lstrip().startswith("[") else [
+            json.loads(line) for line in text.splitlines() if line.strip()]
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"variants file {path} is corrupted or truncated ({exc.msg}, line {exc.lineno})") from exc
+    out = []
+    for n, obj in enumerate(items, 1):
+        if not isinstance(obj, dict) or set(obj) != {f for f in Variant.__dataclass_fields__}:
+            raise ValueError(f"variants file {path}, entry {n}: expected the fields of Variant, got {str(obj)[:200]}")
+        try:
+            out.append(_variant(**obj))
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"variants file {path}, entry {n}: {exc}") from exc
+    return out

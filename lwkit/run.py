@@ -4,7 +4,9 @@
     python -m lwkit.run 00 02 -p EPOCHS 10       # some notebooks, with a parameter changed
     python -m lwkit.run -p FULL True             # full mode where a notebook has FULL
 
-Executed copies go to build/ (or --out); build/results.json holds each notebook's seconds, status and the
+Executed copies go to build/ (or --out); build/variants.json holds every variant the notebooks recorded with
+lwkit.report.record_variant (a partial run replaces only the variants of the notebooks it ran) and
+build/pareto.html the static Pareto explorer drawn from them; build/results.json holds each notebook's seconds, status and the
 parameters applied to it, and every number the notebooks recorded with lwkit.report.record. Exit status 1
 if a notebook failed or a recorded value fell outside its expected range: a teacher's rehearsal before
 class; 2 for a usage error (nothing is run). A `-p NAME` must be in the `parameters` cell of at least one
@@ -26,7 +28,7 @@ from pathlib import Path
 from lwkit import report
 
 __all__ = ["ROOT", "NOTEBOOKS", "find_notebooks", "parse_value", "notebook_parameters", "check_parameters",
-           "run_notebook", "results_table", "main"]
+           "run_notebook", "results_table", "write_variants", "main"]
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = ROOT / "notebooks"
@@ -141,10 +143,12 @@ def check_parameters(parameters: dict, known: dict[str, dict]) -> dict[str, dict
     return {nb_name: {k: v for k, v in parameters.items() if k in params} for nb_name, params in known.items()}
 
 
-def run_notebook(path: Path, out_dir: Path, parameters: dict, records_path: Path, timeout: int) -> dict:
+def run_notebook(path: Path, out_dir: Path, parameters: dict, records_path: Path, timeout: int,
+                 variants_path: Path | None = None) -> dict:
     """Execute one notebook with papermill; returns {'seconds', 'status'[, 'error']}.
 
-    `parameters` are passed as they are: choose them with `check_parameters`.
+    `parameters` are passed as they are: choose them with `check_parameters`. With `variants_path`, the
+    notebook's `record_variant` calls append there.
     """
     import papermill as pm
 
@@ -155,6 +159,10 @@ def run_notebook(path: Path, out_dir: Path, parameters: dict, records_path: Path
     if not Path(path).is_file():
         raise ValueError(f"path {str(path)!r}: no such notebook file")
     env = {report.RECORDS_ENV: str(records_path), report.NOTEBOOK_ENV: Path(path).stem, "LWKIT_HEADLESS": "1"}
+    if variants_path is not None:
+        if not isinstance(variants_path, (str, os.PathLike)):
+            raise TypeError(f"variants_path must be a path or None, got {type(variants_path).__name__}")
+        env[report.VARIANTS_ENV] = str(variants_path)
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     start = time.perf_counter()
@@ -189,6 +197,32 @@ def results_table(results: dict) -> str:
     lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
     lines.insert(1, "-" * max(len(line) for line in lines))
     return "\n".join(lines)
+
+
+def write_variants(out_dir: Path, variants_path: Path, ran: list[str]) -> Path | None:
+    """Merge this run's variants into `out_dir`/variants.json (replacing those of the notebooks in `ran`) and
+    draw the static Pareto explorer into `out_dir`/pareto.html; returns the page's path (None if no variants).
+
+    A problem here is printed, never fatal: the notebooks' results matter more than the picture.
+    """
+    from lwkit import pareto
+
+    out_dir = Path(out_dir)
+    if not isinstance(ran, (list, tuple)) or not all(isinstance(n, str) for n in ran):
+        raise TypeError(f"ran must be a list of notebook names, got {ran!r}")
+    target = out_dir / "variants.json"
+    try:
+        kept = [v for v in report.read_variants(target) if v.notebook not in ran]
+        variants = kept + report.read_variants(variants_path)
+        target.write_text(json.dumps([asdict(v) for v in variants], indent=1))
+        if not variants:
+            return None
+        page = pareto.export_html(variants, out_dir / "pareto.html", overwrite=True)
+        print(f"{len(variants)} variants in {target}; Pareto explorer in {page}", flush=True)
+        return page
+    except (ValueError, OSError) as exc:
+        print(f"error: variants or Pareto export: {exc}", flush=True)
+        return None
 
 
 def _same_file(a: Path, b: Path) -> bool:
@@ -248,13 +282,15 @@ def main(argv: list[str] | None = None) -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     records_path = out_dir / f".records-{os.getpid()}.jsonl"  # one file per run: parallel runs don't mix
     records_path.unlink(missing_ok=True)
+    variants_path = out_dir / f".variants-{os.getpid()}.jsonl"
+    variants_path.unlink(missing_ok=True)
 
     results = {"notebooks": {}, "records": []}
     try:
         for path in paths:
             used = applied[path.stem]
             print(f"running {path.name}" + (f" with {used}" if used else "") + " ...", flush=True)
-            nb = run_notebook(path, out_dir, used, records_path, args.timeout)
+            nb = run_notebook(path, out_dir, used, records_path, args.timeout, variants_path)
             results["notebooks"][path.stem] = {**nb, "parameters": used}
             print(f"  {nb['status']} in {nb['seconds']:.1f} s" + (f"\n  {nb['error']}" if "error" in nb else ""),
                   flush=True)
@@ -263,8 +299,10 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError as exc:
             results["records_error"] = str(exc)
             print(f"error: {exc}", flush=True)
+        write_variants(out_dir, variants_path, [p.stem for p in paths])
     finally:
         records_path.unlink(missing_ok=True)
+        variants_path.unlink(missing_ok=True)
     # Only what was applied: each name went to at least one notebook (check_parameters); per notebook above.
     results["parameters"] = {k: v for k, v in parameters.items() if any(k in used for used in applied.values())}
     (out_dir / "results.json").write_text(json.dumps(results, indent=2))

@@ -1,0 +1,477 @@
+"""Compression recipes: an ordered list of steps applied to a model, measured after every step.
+
+The survey's six steps (prepare data -> choose a method -> compress -> parameter-efficient fine-tuning ->
+evaluate -> deploy) as a small API. Each step is a plain dataclass built on one course module:
+
+    Prune     lwkit.prune   magnitude/random masks, global or per layer, optional fine-tuning with masks held
+    FineTune  lwkit.prune   training that keeps pruned weights at zero
+    Distill   lwkit.distill the model as it entered the recipe teaches the current one (masks held)
+    LoRA      lwkit.peft    low-rank adapters trained, then merged (masks held)
+    Quantize  lwkit.mixed / lwkit.huffman / lwkit.qat   uniform or k-means weights, optional int activations
+    Export    lwkit.deploy / lwkit.huffman   a real file: ONNX, ExecuTorch .pte, or the Huffman-coded file
+
+    recipe = Recipe([Prune(sparsity=0.9, epochs=2), Quantize(bits=5, method="kmeans")])
+    recipe = Recipe.from_text("- prune: sparsity=0.9, epochs=2\\n- quantize: bits=5, method='kmeans'")
+    model, rep = recipe.run(model, train_loader, test_loader, example_input=x[:64])
+    print(rep)      # accuracy, size on disk, MACs, measured latency after every step
+
+Everything is checked before anything runs: an unknown step, a bad argument, an impossible order (training
+after quantization) or a layer the model does not have raises ValueError naming the step.
+"""
+
+from __future__ import annotations
+
+import ast
+import copy
+import dataclasses
+import difflib
+import math
+import numbers
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from lwkit import distill, huffman, measure, mixed, peft, prune, qat, sparse, train
+
+__all__ = ["STEPS", "Prune", "FineTune", "Distill", "LoRA", "Quantize", "Export", "Recipe", "PipelineReport",
+           "file_size"]
+
+
+def _fail(step: str, msg: str):
+    raise ValueError(f"{step}: {msg}")
+
+
+def _number(step, name, v, lo, hi, *, integer=False, lo_open=False, hi_open=False):
+    kind = numbers.Integral if integer else numbers.Real
+    span = f"{'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}"
+    if isinstance(v, bool) or not isinstance(v, kind) or not math.isfinite(v):
+        _fail(step, f"{name} must be {'an int' if integer else 'a number'} in {span}, got {v!r}")
+    if v < lo or v > hi or (lo_open and v == lo) or (hi_open and v == hi):
+        _fail(step, f"{name} must be in {span}, got {v!r}")
+
+
+def _choice(step, name, v, options):
+    if v not in options:
+        _fail(step, f"{name} must be one of {options}, got {v!r}")
+
+
+def _per_layer(step, name, v, check):
+    """An int/float or a dict layer -> value; layer names are checked against the model in Recipe.check."""
+    if isinstance(v, dict):
+        if not v or not all(isinstance(k, str) for k in v):
+            _fail(step, f"{name} as a dict must map layer names (str) to values, got {v!r}")
+        for k, x in v.items():
+            check(f"{name}[{k!r}]", x)
+    else:
+        check(name, v)
+
+
+@dataclass
+class Prune:
+    """Zero the smallest weights (magnitude) or random ones; fine-tune `epochs` with the masks held."""
+
+    sparsity: float | dict = 0.5  # fraction of weights removed: over all layers (global) or per layer / a dict
+    scope: str = "global"  # 'global': one threshold for all layers; 'layer': the same fraction in each
+    criterion: str = "magnitude"  # 'magnitude' or 'random' (the baseline)
+    epochs: int = 0  # fine-tuning epochs after pruning, pruned weights held at zero
+    lr: float = 2e-3  # fine-tuning learning rate
+    name: ClassVar[str] = "prune"
+
+    def __post_init__(self):
+        # a fraction in [0, 1): 1 would remove every weight of a layer
+        _per_layer("prune", "sparsity", self.sparsity, lambda n, v: _number("prune", n, v, 0, 1, hi_open=True))
+        _choice("prune", "scope", self.scope, ("global", "layer"))
+        _choice("prune", "criterion", self.criterion, ("magnitude", "random"))
+        _number("prune", "epochs", self.epochs, 0, 1000, integer=True)
+        _number("prune", "lr", self.lr, 0, 1, lo_open=True)
+
+    def layer_names(self):
+        return list(self.sparsity) if isinstance(self.sparsity, dict) else []
+
+    def apply(self, ctx):
+        if self.scope == "global" and not isinstance(self.sparsity, dict) and self.criterion == "magnitude":
+            masks = prune.layer_masks(ctx.model, self.sparsity, scope="global")
+        else:
+            masks = prune.layer_masks(ctx.model, self.sparsity, scope="layer", criterion=self.criterion)
+        if ctx.masks:  # keep earlier pruning: a weight once removed stays removed
+            masks = {k: m & ctx.masks[k] if k in ctx.masks else m for k, m in masks.items()}
+        prune.apply_masks(ctx.model, masks)
+        ctx.masks = masks
+        if self.epochs:
+            prune.fine_tune(ctx.model, masks, ctx.train_loader, epochs=self.epochs, lr=self.lr, progress=False)
+
+
+@dataclass
+class FineTune:
+    """Ordinary training (pruned weights held at zero)."""
+
+    epochs: int = 1  # passes over the training data
+    lr: float = 1e-3  # peak learning rate (AdamW, cosine-decayed)
+    name: ClassVar[str] = "fine_tune"
+
+    def __post_init__(self):
+        _number("fine_tune", "epochs", self.epochs, 1, 1000, integer=True)
+        _number("fine_tune", "lr", self.lr, 0, 1, lo_open=True)
+
+    def apply(self, ctx):
+        prune.fine_tune(ctx.model, ctx.masks or {}, ctx.train_loader, epochs=self.epochs, lr=self.lr,
+                        progress=False)
+
+
+@dataclass
+class Distill:
+    """Knowledge distillation from the model as it entered the recipe (pruned weights held at zero)."""
+
+    epochs: int = 2  # passes over the training data
+    temperature: float = 4.0  # softens both softmaxes
+    alpha: float = 0.9  # weight of the soft (teacher) term
+    lr: float = 1e-3  # peak learning rate
+    name: ClassVar[str] = "distill"
+
+    def __post_init__(self):
+        _number("distill", "epochs", self.epochs, 1, 1000, integer=True)
+        _number("distill", "temperature", self.temperature, 0, 100, lo_open=True)
+        _number("distill", "alpha", self.alpha, 0, 1)
+        _number("distill", "lr", self.lr, 0, 1, lo_open=True)
+
+    def apply(self, ctx):
+        masks = ctx.masks or {}
+        distill.distill(ctx.model, ctx.teacher, ctx.train_loader, temperature=self.temperature, alpha=self.alpha,
+                        epochs=self.epochs, lr=self.lr, progress=False,
+                        after_step=lambda m: prune.apply_masks(m, masks) if masks else None)
+
+
+@dataclass
+class LoRA:
+    """Low-rank adapters on the chosen Linear layers, trained `epochs`, then merged (masks re-applied)."""
+
+    targets: list | None = None  # Linear layer names; None = every Linear
+    rank: int = 4  # rank r of the update B A
+    alpha: float = 8.0  # scaling = alpha / rank
+    epochs: int = 1  # passes over the training data
+    lr: float = 2e-3  # learning rate of the adapters
+    name: ClassVar[str] = "lora"
+
+    def __post_init__(self):
+        if self.targets is not None and (not isinstance(self.targets, list) or not self.targets
+                                         or not all(isinstance(t, str) for t in self.targets)):
+            _fail("lora", f"targets must be None or a non-empty list of layer names, got {self.targets!r}")
+        _number("lora", "rank", self.rank, 1, 4096, integer=True)
+        _number("lora", "alpha", self.alpha, 0, 1e6, lo_open=True)
+        _number("lora", "epochs", self.epochs, 1, 1000, integer=True)
+        _number("lora", "lr", self.lr, 0, 1, lo_open=True)
+
+    def layer_names(self):
+        return list(self.targets or [])
+
+    def apply(self, ctx):
+        targets = self.targets or [n for n, m in ctx.model.named_modules() if isinstance(m, nn.Linear)]
+        peft.add_lora(ctx.model, targets, rank=self.rank, alpha=self.alpha)
+        train.fit(ctx.model, ctx.train_loader, epochs=self.epochs, lr=self.lr, progress=False)
+        peft.merge_lora(ctx.model)
+        for p in ctx.model.parameters():
+            p.requires_grad_(True)
+        if ctx.masks:  # the merged update is dense: put the pruned zeros back
+            prune.apply_masks(ctx.model, ctx.masks)
+
+
+@dataclass
+class Quantize:
+    """Weights on `bits`: 'uniform' (per-tensor or per-channel symmetric) or 'kmeans' (shared values,
+    `epochs` of centroid fine-tuning); optionally activations on `act_bits` (calibrated on training data)."""
+
+    bits: int | dict = 8  # weight bits, or a dict layer -> bits (mixed precision)
+    method: str = "uniform"  # 'uniform' or 'kmeans' (Deep Compression's weight sharing)
+    per_channel: bool = False  # uniform only; per-tensor keeps one codebook per layer, so the .dc file applies
+    act_bits: int | None = None  # None: float activations; 8: the survey's activation='uniform'
+    epochs: int = 0  # kmeans only: centroid fine-tuning epochs
+    lr: float = 1e-3  # centroid fine-tuning learning rate
+    name: ClassVar[str] = "quantize"
+
+    def __post_init__(self):
+        _choice("quantize", "method", self.method, ("uniform", "kmeans"))
+        top = 8 if self.method == "kmeans" else 16
+        _per_layer("quantize", "bits", self.bits, lambda n, v: _number("quantize", n, v, 1 if top == 8 else 2, top,
+                                                                          integer=True))
+        if not isinstance(self.per_channel, bool):
+            _fail("quantize", f"per_channel must be True or False, got {self.per_channel!r}")
+        if self.act_bits is not None:
+            _number("quantize", "act_bits", self.act_bits, 2, 16, integer=True)
+        _number("quantize", "epochs", self.epochs, 0, 1000, integer=True)
+        if self.epochs and self.method != "kmeans":
+            _fail("quantize", f"epochs={self.epochs} fine-tunes k-means centroids: use method='kmeans' "
+                              "(or fine-tune before quantizing)")
+        _number("quantize", "lr", self.lr, 0, 1, lo_open=True)
+
+    def layer_names(self):
+        return list(self.bits) if isinstance(self.bits, dict) else []
+
+    def apply(self, ctx):
+        if self.method == "uniform":
+            ctx.model = mixed.quantize_weights(ctx.model, bits=self.bits, per_channel=self.per_channel)
+        else:
+            bits = self.bits if isinstance(self.bits, int) else {**dict.fromkeys(sparse.prunable_layers(ctx.model), 8),
+                                                                  **self.bits}
+            labels = huffman.share_weights(ctx.model, bits)
+            if self.epochs:
+                huffman.finetune_shared(ctx.model, labels, ctx.train_loader, epochs=self.epochs, lr=self.lr,
+                                        progress=False)
+        if self.act_bits is not None:
+            ctx.model = qat.calibrate(qat.prepare_ptq(ctx.model, bits=None, act_bits=self.act_bits),
+                                      ctx.train_loader, num_batches=4)
+
+
+@dataclass
+class Export:
+    """Write the model as a deployable file; its size and (for runtimes) its measured latency are reported."""
+
+    format: str = "onnx"  # 'onnx' (ONNX Runtime), 'pte' (ExecuTorch/XNNPACK) or 'dc' (Huffman-coded weights)
+    name: ClassVar[str] = "export"
+
+    def __post_init__(self):
+        _choice("export", "format", self.format, ("onnx", "pte", "dc"))
+
+    def apply(self, ctx):
+        from lwkit import deploy
+
+        path = ctx.out_dir / f"model.{self.format}"
+        if self.format == "dc":
+            huffman.save_compressed(ctx.model, path, overwrite=True)
+            ctx.exported = (path, None)
+            return
+        if self.format == "onnx":
+            deploy.export_onnx(ctx.model, ctx.example_input, path, overwrite=True)
+        else:
+            deploy.export_pte(ctx.model, ctx.example_input, path, overwrite=True)
+        ctx.exported = (path, deploy.load(path, threads=ctx.threads))
+
+
+STEPS = {cls.name: cls for cls in (Prune, FineTune, Distill, LoRA, Quantize, Export)}
+
+
+def file_size(model: nn.Module, folder: str | Path) -> tuple[int, str]:
+    """Bytes of the smallest real file lwkit writes for `model` now: fp32 torch.save, or the Huffman-coded
+    file (sparse positions and shared values coded); returns (bytes, which)."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    if not isinstance(folder, (str, os.PathLike)) or not Path(folder).is_dir():
+        raise ValueError(f"folder must be an existing folder, got {folder!r}")
+    dense = measure.model_size_bytes(model)
+    coded = huffman.save_compressed(model, Path(folder) / "size-probe.dc", overwrite=True).size_bytes
+    return (coded, "Huffman .dc") if coded < dense else (dense, "fp32 .pt")
+
+
+@dataclass
+class PipelineReport:
+    """One row per step (the first is the model as given): accuracy, size on disk, MACs, measured latency."""
+
+    rows: list  # dicts: step, accuracy, size_bytes, file, macs, latency_ms, sparsity, seconds
+    batch: int  # batch size of the latency measurement
+    threads: int  # CPU threads of the latency measurement
+
+    def __str__(self) -> str:
+        head = (f"{'step':<44}{'accuracy':>9}{'size':>11}{'file':>13}{'MACs':>12}{'latency':>10}{'sparsity':>9}"
+                f"{'s':>6}")
+        lines = [head, "-" * len(head)]
+        for r in self.rows:
+            lines.append(f"{r['step'][:43]:<44}{r['accuracy']:>9.2%}{measure.format_bytes(r['size_bytes']):>11}"
+                         f"{r['file']:>13}{r['macs']:>12,}{r['latency_ms']:>8.3f}ms{r['sparsity']:>9.1%}"
+                         f"{r['seconds']:>6.1f}")
+        lines.append(f"latency: median of timed runs at batch {self.batch}, {self.threads} threads; MACs per input")
+        return "\n".join(lines)
+
+    def _repr_html_(self) -> str:
+        return f"<pre>{str(self)}</pre>"
+
+
+def _step_text(step) -> str:
+    args = ", ".join(f"{f.name}={getattr(step, f.name)!r}" for f in dataclasses.fields(step)
+                     if getattr(step, f.name) != f.default)
+    return f"{step.name}: {args}" if args else step.name
+
+
+class Recipe:
+    """An ordered list of steps, checked when built (arguments, order) and against the model before running."""
+
+    def __init__(self, steps: list):
+        if not isinstance(steps, (list, tuple)) or not steps:
+            raise ValueError(f"steps must be a non-empty list of steps ({', '.join(STEPS)}), got {steps!r:.100}")
+        for i, s in enumerate(steps, 1):
+            if type(s) not in STEPS.values():
+                raise ValueError(f"step {i}: {s!r:.80} is not a step; steps are {', '.join(c.__name__ for c in STEPS.values())}")
+        for i, s in enumerate(steps, 1):
+            later = [t.name for t in steps[i:]]
+            if isinstance(s, Export) and later:
+                raise ValueError(f"step {i} (export) must be the last step; it is followed by {later}")
+            if isinstance(s, Quantize) and set(later) - {"export"}:
+                raise ValueError(f"step {i} (quantize) may only be followed by export: training steps {later} "
+                                 "would move the weights off the quantized grid; put them before quantize")
+        self.steps = list(steps)
+
+    def __eq__(self, other):
+        return isinstance(other, Recipe) and self.steps == other.steps
+
+    def __repr__(self):
+        return f"Recipe({self.steps!r})"
+
+    # --- file forms -----------------------------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        return {"steps": [{s.name: {f.name: getattr(s, f.name) for f in dataclasses.fields(s)
+                                    if getattr(s, f.name) != f.default}} for s in self.steps]}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Recipe:
+        """{'steps': [{'prune': {'sparsity': 0.9}}, {'quantize': {}}]} -> a checked Recipe."""
+        if not isinstance(d, dict) or set(d) != {"steps"} or not isinstance(d["steps"], list):
+            raise ValueError(f"a recipe dict must be {{'steps': [...]}}, got {d!r:.100}")
+        steps = []
+        for i, item in enumerate(d["steps"], 1):
+            if not isinstance(item, dict) or len(item) != 1:
+                raise ValueError(f"step {i}: must be a one-key dict {{step name: {{argument: value}}}}, got {item!r}")
+            (name, kwargs), = item.items()
+            steps.append(_make(i, name, kwargs))
+        return cls(steps)
+
+    def to_text(self) -> str:
+        return "\n".join(f"- {_step_text(s)}" for s in self.steps) + "\n"
+
+    @classmethod
+    def from_text(cls, text: str) -> Recipe:
+        """One step per line, YAML-like: `- prune: sparsity=0.9, scope='layer'` (Python literals; # comments)."""
+        if not isinstance(text, str):
+            raise TypeError(f"text must be a str, got {type(text).__name__}")
+        steps = []
+        for n, line in enumerate(text.splitlines(), 1):
+            line = line.split("#", 1)[0].strip() if not line.lstrip().startswith("#") else ""
+            if not line:
+                continue
+            if not line.startswith("- "):
+                raise ValueError(f"line {n}: a step line starts with '- ', e.g. '- prune: sparsity=0.9'; got {line!r}")
+            name, _, args = line[2:].partition(":")
+            try:
+                call = ast.parse(f"f({args})", mode="eval").body
+                if call.args:
+                    raise ValueError("arguments must be written name=value")
+                kwargs = {k.arg: ast.literal_eval(k.value) for k in call.keywords}
+            except (SyntaxError, ValueError) as err:
+                raise ValueError(f"line {n} ({name.strip()}): cannot read arguments {args.strip()!r}: {err}") from err
+            steps.append(_make(len(steps) + 1, name.strip(), kwargs))
+        return cls(steps)
+
+    def save(self, path: str | Path, *, overwrite: bool = False) -> Path:
+        path = Path(path)
+        if path.exists() and not overwrite:
+            raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
+        path.write_text(self.to_text(), encoding="utf-8")
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> Recipe:
+        if not isinstance(path, (str, os.PathLike)):
+            raise TypeError(f"path must be a str or Path, got {type(path).__name__}")
+        return cls.from_text(Path(path).read_text(encoding="utf-8"))
+
+    # --- running --------------------------------------------------------------------------------------------
+    def check(self, model: nn.Module) -> None:
+        """Layer names the steps mention must exist in `model` (checked before anything runs)."""
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+        layers = list(sparse.prunable_layers(model))
+        for i, s in enumerate(self.steps, 1):
+            unknown = [n for n in getattr(s, "layer_names", list)() if n not in layers]
+            if unknown:
+                raise ValueError(f"step {i} ({s.name}): unknown layer(s) {unknown}; the model's layers are {layers}")
+
+    def run(self, model: nn.Module, train_loader, eval_loader, *, example_input: torch.Tensor,
+            teacher: nn.Module | None = None, threads: int | None = None, repeats: int = 20,
+            out_dir: str | Path | None = None) -> tuple[nn.Module, PipelineReport]:
+        """Apply the steps to a copy of `model`; measure after each. -> (compressed model, report).
+
+        Accuracy on `eval_loader`, latency of `example_input` (its batch), MACs per input, size of the smallest
+        real file (see `file_size`; an export step reports its own file). `teacher` defaults to `model`.
+        """
+        self.check(model)
+        if not isinstance(example_input, torch.Tensor) or example_input.dim() < 2:
+            raise TypeError("example_input must be a batch tensor, e.g. splits.x_test[:64]")
+        if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
+            raise ValueError(f"repeats must be a positive int, got {repeats!r}")
+        threads = measure.default_threads() if threads is None else threads
+        ctx = _Context(model=copy.deepcopy(model), teacher=copy.deepcopy(teacher if teacher is not None else model),
+                       train_loader=train_loader, example_input=example_input, threads=threads)
+        for p in ctx.teacher.parameters():
+            p.requires_grad_(False)
+        with tempfile.TemporaryDirectory() as tmp:
+            ctx.out_dir = Path(out_dir) if out_dir is not None else Path(tmp)
+            ctx.out_dir.mkdir(parents=True, exist_ok=True)
+            rows = [self._measure(ctx, "input model", eval_loader, 0.0, repeats, tmp)]
+            for i, s in enumerate(self.steps, 1):
+                start = time.perf_counter()
+                try:
+                    s.apply(ctx)
+                except (ValueError, TypeError) as err:
+                    raise ValueError(f"step {i} ({s.name}) failed: {err}") from err
+                rows.append(self._measure(ctx, _step_text(s), eval_loader, time.perf_counter() - start, repeats, tmp))
+        return ctx.model, PipelineReport(rows=rows, batch=len(example_input), threads=threads)
+
+    @staticmethod
+    def _measure(ctx, label, eval_loader, seconds, repeats, tmp) -> dict:
+        model = ctx.model.eval()
+        runner = model
+        if ctx.exported is not None:
+            path, loaded = ctx.exported
+            from lwkit import deploy
+
+            size = os.path.getsize(path) if path.suffix == ".dc" else deploy.file_size_bytes(path)
+            kind = path.suffix
+            runner = loaded if loaded is not None else model
+        else:
+            size, kind = file_size(model, tmp)
+        if runner is model:
+            acc = train.evaluate(model, eval_loader)
+        else:
+            correct = total = 0
+            for x, y in eval_loader:
+                correct += int((runner(x).argmax(1) == y).sum())
+                total += len(y)
+            acc = correct / total
+        lat = measure.measure_latency(runner, ctx.example_input, threads=ctx.threads, warmup=3, repeats=repeats)
+        return {"step": label, "accuracy": acc, "size_bytes": int(size), "file": kind,
+                "macs": measure.count_macs(model, ctx.example_input[:1]), "latency_ms": lat.median_ms,
+                "sparsity": sparse.sparsity(model), "seconds": seconds}
+
+
+@dataclass
+class _Context:
+    model: nn.Module
+    teacher: nn.Module
+    train_loader: object
+    example_input: torch.Tensor
+    threads: int
+    masks: dict | None = None
+    out_dir: Path | None = None
+    exported: tuple | None = None
+
+
+def _make(i: int, name, kwargs):
+    if name not in STEPS:
+        close = difflib.get_close_matches(str(name), list(STEPS), n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise ValueError(f"step {i}: unknown step {name!r}; {hint}steps are {', '.join(STEPS)}")
+    if not isinstance(kwargs, dict):
+        raise ValueError(f"step {i} ({name}): arguments must be a dict, got {kwargs!r}")
+    cls = STEPS[name]
+    allowed = [f.name for f in dataclasses.fields(cls)]
+    unknown = [k for k in kwargs if k not in allowed]
+    if unknown:
+        raise ValueError(f"step {i} ({name}): unknown argument(s) {unknown}; {name} takes {', '.join(allowed)}")
+    try:
+        return cls(**kwargs)
+    except ValueError as err:
+        msg = str(err)[len(name) + 2:] if str(err).startswith(f"{name}: ") else str(err)
+        raise ValueError(f"step {i} ({name}): {msg}") from err
