@@ -81,6 +81,8 @@ def record(key: str, value, *, expected: tuple[float, float] | None = None, quie
         raise TypeError(f"value for {key!r} must be one real number, got {type(value).__name__}{shape}: "
                         f"{str(value)[:80]}")
     expected = _check_expected(key, expected)
+    if not isinstance(quiet, bool):
+        raise TypeError(f"quiet must be True or False, got {quiet!r}")
     value = float(value)
     finite = math.isfinite(value)
     ok = finite and (expected is None or expected[0] <= value <= expected[1])
