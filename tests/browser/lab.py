@@ -49,7 +49,10 @@ class Lab:
     def start(self, log: Path, timeout: float = 90) -> Lab:
         env = {k: v for k, v in os.environ.items() if k != "LWKIT_HEADLESS"}  # the widgets must be live
         env["JUPYTER_PLATFORM_DIRS"] = "1"
+        # A fresh workspaces folder: JupyterLab would otherwise reopen (and run kernels for) earlier tabs.
+        workspaces = log.parent / f"workspaces-{self.port}"
         cmd = [sys.executable, "-m", "jupyter", "lab", "--no-browser", "--ip=127.0.0.1", f"--port={self.port}",
+               f"--LabApp.workspaces_dir={workspaces}",
                f"--IdentityProvider.token={self.token}", f"--ServerApp.root_dir={self.root}",
                "--ServerApp.open_browser=False", "--LabApp.news_url=", "--LabServerApp.check_for_updates_class="
                "jupyterlab.NeverCheckForUpdate"]

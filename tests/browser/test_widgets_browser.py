@@ -57,7 +57,7 @@ def wait_until(predicate, timeout: float, what: str, every: float = 0.5):
 
 
 def open_notebook(page, lab, name: str):
-    page.goto(f"{lab.url}/lab/tree/{name}?token={lab.token}")
+    page.goto(f"{lab.url}/lab/tree/{name}?reset&token={lab.token}")  # reset: only this notebook open
     page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=60_000)
     wait_until(lambda: lab.notebook_idle(name), 90, f"the kernel of {name} to start")
     time.sleep(1)
