@@ -108,18 +108,25 @@ def _record_from(obj, where: str) -> Record:
     return Record(**obj)
 
 
+def _read_text(path: Path, what: str) -> str | None:
+    """The file's text, None if it does not exist; an unreadable file is a ValueError naming it."""
+    if not path.exists():
+        return None
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{what} file {path} is unreadable ({type(exc).__name__}: {exc})") from exc
+
+
 def read_records(path: str | Path) -> list[Record]:
     """Records from a JSON-lines file written by `record` ([] if the file does not exist).
 
     A corrupted or truncated file raises ValueError naming the file and line.
     """
     path = Path(path)
-    if not path.exists():
+    text = _read_text(path, "records")
+    if text is None:
         return []
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ValueError(f"records file {path} is unreadable ({type(exc).__name__}: {exc})") from exc
     records = []
     for n, line in enumerate(text.splitlines(), 1):
         if not line.strip():
@@ -203,12 +210,9 @@ def read_variants(path: str | Path) -> list[Variant]:
     if not isinstance(path, (str, os.PathLike)):
         raise TypeError(f"path must be a str or Path, got {type(path).__name__}")
     path = Path(path)
-    if not path.exists():
+    text = _read_text(path, "variants")
+    if text is None:
         return []
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ValueError(f"variants file {path} is unreadable ({type(exc).__name__}: {exc})") from exc
     try:
         items = json.loads(text) if text.lstrip().startswith("[") else [
             json.loads(line) for line in text.splitlines() if line.strip()]
