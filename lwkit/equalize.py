@@ -148,7 +148,8 @@ def equalization_scales(r1: torch.Tensor, r2: torch.Tensor) -> torch.Tensor:
     if bool((r1 < 0).any()) or bool((r2 < 0).any()):
         raise ValueError("r1 and r2 are ranges (max |w|) and must be >= 0")
     alive = (r1 > 0) & (r2 > 0)
-    s = torch.sqrt(r1 * r2) / torch.where(alive, r2, torch.ones_like(r2))
+    # sqrt(r1 r2) / r2 written as sqrt(r1) / sqrt(r2): the product underflows to 0 for tiny ranges (s = 0).
+    s = torch.sqrt(r1) / torch.sqrt(torch.where(alive, r2, torch.ones_like(r2)))
     return torch.where(alive, s, torch.ones_like(s))
 
 
