@@ -28,7 +28,6 @@ NOT_YET_DRIVEN = {
     "07_case_mobilenet.ipynb": "new; several minutes to run; not yet driven in a browser",
     "08_case_bert.ipynb": "new; several minutes to run; not yet driven in a browser",
     "09_deploy_and_maintain.ipynb": "new; several minutes to run; not yet driven in a browser",
-    "10_capstone_pipeline.ipynb": "new; several minutes to run; not yet driven in a browser",
 }
 
 
