@@ -89,10 +89,34 @@ def progress_bar(total: int, desc: str, enabled: bool = True):
     if not isinstance(enabled, bool):
         raise TypeError(f"enabled must be True or False, got {enabled!r}")
     if os.environ.get("LWKIT_HEADLESS") == "1":
-        from tqdm.std import tqdm
-        return tqdm(total=total, desc=desc, disable=not enabled, file=sys.stdout, mininterval=10, ncols=100)
+        return _FinalLineBar(total, desc, enabled)
     from tqdm.auto import tqdm
     return tqdm(total=total, desc=desc, disable=not enabled)
+
+
+class _FinalLineBar:
+    """Headless runs: nothing while it runs, one line when it closes (a saved notebook keeps no bar debris)."""
+
+    def __init__(self, total: int, desc: str, enabled: bool):
+        self.total, self.desc, self.enabled = total, desc, enabled
+        self.n, self.postfix, self.closed = 0, {}, False
+        self.start = time.perf_counter()
+
+    def update(self, n: int = 1) -> None:
+        self.n += n
+
+    def set_postfix(self, postfix: dict, refresh: bool = False) -> None:
+        self.postfix = dict(postfix)
+
+    def close(self) -> None:
+        if self.closed or not self.enabled:
+            self.closed = True
+            return
+        self.closed = True
+        seconds = time.perf_counter() - self.start
+        post = ", ".join(f"{k}={v}" for k, v in self.postfix.items())
+        print(f"{self.desc}: {self.n}/{self.total} steps in {seconds:.1f} s" + (f" ({post})" if post else ""),
+              file=sys.stdout, flush=True)
 
 
 def _check_loader(loader, name: str, *, reiterable: bool) -> None:

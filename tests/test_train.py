@@ -321,3 +321,23 @@ def test_review_moved_names_still_reachable():
         assert getattr(train, name) is getattr(checkpoints, name)
     with pytest.raises(AttributeError):
         train.no_such_name  # noqa: B018
+
+
+def test_headless_progress_bar_prints_only_its_final_line(monkeypatch, capsys):
+    from lwkit import train as train_mod
+
+    monkeypatch.setenv("LWKIT_HEADLESS", "1")
+    bar = train_mod.progress_bar(5, "demo")
+    for _ in range(5):
+        bar.update(1)
+    assert capsys.readouterr().out == ""  # nothing while it runs
+    bar.set_postfix({"loss": "0.123"})
+    bar.close()
+    bar.close()  # a second close prints nothing more
+    out = capsys.readouterr().out
+    assert out.count("\n") == 1 and "\r" not in out, repr(out)
+    assert out.startswith("demo: 5/5 steps in ") and "loss=0.123" in out, out
+    quiet = train_mod.progress_bar(3, "off", enabled=False)
+    quiet.update(3)
+    quiet.close()
+    assert capsys.readouterr().out == ""
