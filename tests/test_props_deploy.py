@@ -12,8 +12,8 @@ from torch import nn
 from lwkit import data, deploy, drift, robust
 
 COVERED = {
-    "lwkit.deploy.export_onnx", "lwkit.deploy.quantize_onnx_dynamic", "lwkit.deploy.quantize_onnx_static",
-    "lwkit.deploy.export_pte", "lwkit.deploy.load", "lwkit.deploy.measure", "lwkit.deploy.file_size_bytes",
+    "lwkit.export.export_onnx", "lwkit.export.quantize_onnx_dynamic", "lwkit.export.quantize_onnx_static",
+    "lwkit.export.export_pte", "lwkit.deploy.load", "lwkit.deploy.measure", "lwkit.deploy.file_size_bytes",
     "lwkit.robust.fgsm", "lwkit.robust.pgd", "lwkit.robust.attack", "lwkit.robust.attack_accuracy",
     "lwkit.drift.confidence", "lwkit.drift.prediction_histogram", "lwkit.drift.total_variation",
     "lwkit.drift.shift", "lwkit.drift.DriftMonitor",
