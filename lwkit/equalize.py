@@ -25,7 +25,7 @@ import numbers
 import torch
 from torch import nn
 
-from lwkit.models import InvertedResidual
+from lwkit.mobilenet import InvertedResidual
 
 __all__ = [
     "fold_bn_weights", "fold_batchnorm", "replace_relu6",

@@ -13,11 +13,11 @@ from lwkit import equalize as eq
 from lwkit import measure, models
 
 COVERED = {
-    "lwkit.models.build", "lwkit.models.SmallCNN", "lwkit.models.conv_params", "lwkit.models.conv_macs",
-    "lwkit.models.separable_mac_ratio", "lwkit.models.make_divisible", "lwkit.models.ConvBNAct",
-    "lwkit.models.DepthwiseSeparable", "lwkit.models.InvertedResidual", "lwkit.models.MobileNet",
-    "lwkit.models.hidden_channel_scores", "lwkit.models.prune_hidden", "lwkit.models.train_course_mobilenet",
-    "lwkit.models.pretrained",
+    "lwkit.models.build", "lwkit.models.SmallCNN", "lwkit.mobilenet.conv_params", "lwkit.mobilenet.conv_macs",
+    "lwkit.mobilenet.separable_mac_ratio", "lwkit.mobilenet.make_divisible", "lwkit.mobilenet.ConvBNAct",
+    "lwkit.mobilenet.DepthwiseSeparable", "lwkit.mobilenet.InvertedResidual", "lwkit.mobilenet.MobileNet",
+    "lwkit.mobilenet.hidden_channel_scores", "lwkit.mobilenet.prune_hidden", "lwkit.mobilenet.train_course_mobilenet",
+    "lwkit.mobilenet.pretrained",
     "lwkit.equalize.fold_bn_weights", "lwkit.equalize.fold_batchnorm", "lwkit.equalize.replace_relu6",
     "lwkit.equalize.channel_ranges", "lwkit.equalize.equalization_scales", "lwkit.equalize.equalize_pair",
     "lwkit.equalize.equalization_pairs", "lwkit.equalize.equalize", "lwkit.equalize.relu_normal_mean",
@@ -27,10 +27,10 @@ EXEMPT = {
     "lwkit.models.LeNet300100": "layer sizes go straight to nn.Linear, which raises on bad ones",
     "lwkit.models.ConvBNReLU": "layer sizes go straight to nn.Conv2d, which raises on bad ones",
     "lwkit.models.MODELS": "a constant dict, no arguments",
-    "lwkit.models.COURSE_SETTINGS": "a constant, no arguments",
-    "lwkit.models.COURSE_VARIANTS": "a constant, no arguments",
-    "lwkit.models.CourseRecipe": "a frozen record of the shipped recipe; train.fit validates its values",
-    "lwkit.models.PRETRAINED": "a constant dict of checksums, no arguments",
+    "lwkit.mobilenet.COURSE_SETTINGS": "a constant, no arguments",
+    "lwkit.mobilenet.COURSE_VARIANTS": "a constant, no arguments",
+    "lwkit.mobilenet.CourseRecipe": "a frozen record of the shipped recipe; train.fit validates its values",
+    "lwkit.mobilenet.PRETRAINED": "a constant dict of checksums, no arguments",
 }
 
 FAST = settings(max_examples=25, deadline=None)
