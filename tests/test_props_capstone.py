@@ -19,10 +19,10 @@ from lwkit import huffman, models, pareto, pipeline, report, run, search
 
 COVERED = {
     "lwkit.huffman.code_lengths", "lwkit.huffman.canonical_codes", "lwkit.huffman.huffman_encode",
-    "lwkit.huffman.huffman_decode", "lwkit.huffman.share_weights", "lwkit.huffman.group_labels",
-    "lwkit.huffman.finetune_shared", "lwkit.huffman.save_compressed", "lwkit.huffman.load_compressed",
-    "lwkit.pipeline.Prune", "lwkit.pipeline.FineTune", "lwkit.pipeline.Distill", "lwkit.pipeline.LoRA",
-    "lwkit.pipeline.Quantize", "lwkit.pipeline.Export", "lwkit.pipeline.Recipe", "lwkit.pipeline.file_size",
+    "lwkit.huffman.huffman_decode", "lwkit.sharing.share_weights", "lwkit.sharing.group_labels",
+    "lwkit.sharing.finetune_shared", "lwkit.huffman.save_compressed", "lwkit.huffman.load_compressed",
+    "lwkit.steps.Prune", "lwkit.steps.FineTune", "lwkit.steps.Distill", "lwkit.steps.LoRA",
+    "lwkit.steps.Quantize", "lwkit.steps.Export", "lwkit.pipeline.Recipe", "lwkit.pipeline.file_size",
     "lwkit.search.greedy_search", "lwkit.search.uniform_policy", "lwkit.search.policy_size_bytes",
     "lwkit.search.apply_size_policy", "lwkit.search.size_knobs", "lwkit.search.slice_hidden",
     "lwkit.search.width_knobs", "lwkit.search.latency_cost",
@@ -32,7 +32,7 @@ COVERED = {
 }
 EXEMPT = {
     "lwkit.huffman.CompressionReport": "plain dataclass returned by save_compressed",
-    "lwkit.pipeline.STEPS": "constant (step name -> class)",
+    "lwkit.steps.STEPS": "constant (step name -> class)",
     "lwkit.pipeline.PipelineReport": "plain dataclass returned by Recipe.run",
     "lwkit.search.SPARSITIES": "constant (default options)",
     "lwkit.search.BITS": "constant (default options)",
