@@ -291,9 +291,20 @@ class _FakeQuantSTE(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, scale, zero_point, qmin, qmax):
-        inside = torch.round(x.detach() * (1.0 / scale)) + zero_point
-        ctx.save_for_backward((inside >= qmin) & (inside <= qmax))
-        return _dequantize(_quantize(x, scale, zero_point, qmin, qmax), scale, zero_point).to(x.dtype)
+        if max(-qmin, qmax) > 2**24:  # wide integer ranges: the exact int32 path of quantize / dequantize
+            q = torch.round(x.detach().float() * (1.0 / scale)) + zero_point
+            ctx.save_for_backward((q >= qmin) & (q <= qmax))
+            return _dequantize(_quantize(x, scale, zero_point, qmin, qmax), scale, zero_point).to(x.dtype)
+        # The same arithmetic as dequantize(quantize(x)) in one float buffer, in place: the integer codes are
+        # whole floats below 2**24, so skipping the int32 round trip changes no bit (tested), only the time.
+        q = x.detach().float() * (1.0 / scale)
+        q.round_().add_(zero_point)
+        if ctx.needs_input_grad[0]:
+            ctx.save_for_backward((q >= qmin) & (q <= qmax))
+        else:
+            ctx.save_for_backward(None)
+        q.clamp_(qmin, qmax).sub_(zero_point.float()).mul_(scale)
+        return q.to(x.dtype)
 
     @staticmethod
     def backward(ctx, grad):

@@ -170,7 +170,7 @@ def run_notebook(path: Path, out_dir: Path, parameters: dict, records_path: Path
     try:
         pm.execute_notebook(str(path), str(Path(out_dir) / Path(path).name), parameters=parameters,
                             cwd=str(Path(path).parent), kernel_name="python3", progress_bar=False,
-                            execution_timeout=timeout)
+                            execution_timeout=timeout, kernel_manager_class=_local_kernel_manager())
     except Exception as exc:  # papermill's PapermillExecutionError carries the cell's traceback summary
         result = {"status": "failed", "error": f"{type(exc).__name__}: {str(exc).strip()[-2000:]}"}
     finally:  # the variables only describe this run: don't leave them set in the caller's process
@@ -181,6 +181,20 @@ def run_notebook(path: Path, out_dir: Path, parameters: dict, records_path: Path
                 os.environ[k] = v
     result["seconds"] = round(time.perf_counter() - start, 1)
     return result
+
+
+def _local_kernel_manager():
+    """The kernel talks to the runner over local sockets (IPC files in Jupyter's runtime folder), not TCP:
+    nothing listens on the network, and ipykernel has no reason to warn about unencrypted TCP on every run."""
+    from jupyter_client import AsyncKernelManager
+    from traitlets import default
+
+    class LocalKernelManager(AsyncKernelManager):
+        @default("transport")
+        def _transport_default(self):
+            return "ipc"
+
+    return LocalKernelManager
 
 
 def results_table(results: dict) -> str:

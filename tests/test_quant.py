@@ -384,3 +384,20 @@ def test_review_layer_sensitivity_interrupted_leaves_model_unchanged():
         quant.layer_sensitivity(net, evaluate, bits_options=(4, 2))
     assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
     assert all(isinstance(m, nn.Linear) for m in (net.fc1, net.fc2, net.fc3))
+
+
+@pytest.mark.parametrize("bits,symmetric,axis", [(2, True, None), (4, False, None), (8, False, 0), (8, True, 1),
+                                                 (16, False, None)])
+def test_fake_quantize_forward_equals_dequantize_of_quantize_bit_for_bit(bits, symmetric, axis):
+    """The in-place forward of the STE (no int32 round trip) is the textbook formula to the last bit."""
+    gen = torch.Generator().manual_seed(bits)
+    x = torch.randn(64, 33, generator=gen) * 3
+    x[0, :8] = torch.tensor([0.5, 1.5, -0.5, -2.5, 1e9, -1e9, float("inf"), float("-inf")])  # ties, saturation
+    scale, zp = quant.choose_qparams(x.clamp(-10, 10), bits=bits, symmetric=symmetric, axis=axis)
+    qmin, qmax = quant.qrange(bits, symmetric)
+    expected = quant.dequantize(quant.quantize(x, scale, zp, qmin, qmax), scale, zp)
+    with torch.no_grad():
+        got = quant.fake_quantize_with(x, scale, zp, qmin, qmax)
+    assert torch.equal(got, expected)
+    got_grad = quant.fake_quantize_with(x.clone().requires_grad_(), scale, zp, qmin, qmax)
+    assert torch.equal(got_grad.detach(), expected)
