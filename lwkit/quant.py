@@ -134,6 +134,8 @@ def _check_zero_point(zero_point, x: torch.Tensor | None = None, qmin: int | Non
     if isinstance(zero_point, bool) or not isinstance(zero_point, (numbers.Real, torch.Tensor)):
         raise TypeError(f"zero_point must be an int or an integer tensor, got {zero_point!r} "
                         f"({type(zero_point).__name__})")
+    if isinstance(zero_point, numbers.Integral) and not -2**63 <= int(zero_point) < 2**63:
+        raise ValueError(f"zero_point must be a whole number inside int64 (and inside [qmin, qmax]), got {zero_point}")
     zp = torch.as_tensor(zero_point).detach()
     if zp.dtype == torch.bool or zp.is_complex():
         raise TypeError(f"zero_point must be an int or an integer tensor, got dtype {zp.dtype}")
@@ -142,6 +144,8 @@ def _check_zero_point(zero_point, x: torch.Tensor | None = None, qmin: int | Non
     if zp.is_floating_point():
         if not bool(torch.isfinite(zp).all()) or not bool((zp == zp.round()).all()):
             raise ValueError(f"zero_point must hold whole numbers, got {zp.tolist() if zp.numel() < 6 else zp.dtype}")
+        if float(zp.abs().max()) >= 2**63:
+            raise ValueError(f"zero_point must be inside int64 (and inside [qmin, qmax]), got {float(zp.abs().max()):g}")
         zp = zp.to(torch.int64)
     if qmin is not None and (int(zp.min()) < qmin or int(zp.max()) > qmax):
         raise ValueError(f"zero_point must be in [qmin, qmax] = [{qmin}, {qmax}], got values in "
