@@ -343,7 +343,7 @@ class Splits:
     full: bool
 
     def loaders(self, batch_size: int = 128, *, augment: bool = False, seed: int = 0,
-                eval_batch_size: int = 1000):
+                eval_batch_size: int = 256):
         """(train, val, test) loaders; only train is shuffled (and augmented if asked)."""
         _check_positive_int(eval_batch_size, "eval_batch_size")
         train = BatchLoader(self.x_train, self.y_train, batch_size=batch_size, shuffle=True,
