@@ -35,6 +35,7 @@ __all__ = [
     "CourseRecipe",
     "train_course_mobilenet",
     "PRETRAINED",
+    "PRUNED_VARIANTS",
     "pretrained",
 ]
 
@@ -363,24 +364,36 @@ PRETRAINED: dict[str, str] = {
     "mobilenet": "84fd5da9844ceaa2542f933d5e1cca762948771c8411ed10a6cfaa35705988dd",
     "alpha0.5": "63900ccc0fcc8f062ad493a894a7057c820855f1008f94e7ebeaa6d104705cb3",
     "res16": "118f38b9649183a50f0cc36fd7fea5b8b17282bbee5bdeb881ab3f6a5e863043",
+    "pruned50": "3dc54c2825494ed320d694c0b7448830990a0cb254c1f8a103672f70f4e94387",
     "twin": "4383c9fa4663bb64a43f2e08e5114c0fe460a84dd5a8fe0d007ee4b00b346e4b",
 }
+
+
+# Shipped pruned models: name -> (base variant, fraction of hidden channels removed, fine-tuning recipe).
+# Made by `python scripts/train_mobilenet.py pruned50`: the shipped base, `prune_hidden`, then fine-tuned.
+PRUNED_VARIANTS = {"pruned50": ("mobilenet", 0.5, {"epochs": 8, "lr": 2e-3, "seed": 0})}
 
 
 def pretrained(variant: str = "mobilenet") -> MobileNet:
     """A shipped course MobileNet (trained on the embedded subset), checksum-verified, loaded weights-only.
 
-    The files store float16 (half the bytes); `load_state_dict` copies them into the float32 model.
+    `variant`: one of COURSE_VARIANTS, or of PRUNED_VARIANTS (the base with its hidden channels pruned and
+    fine-tuned longer than a workshop run can afford). The files store float16 (half the bytes);
+    `load_state_dict` copies them into the float32 model.
     """
     from lwkit import data
 
-    if variant not in COURSE_VARIANTS:
-        raise ValueError(f"variant must be one of {list(COURSE_VARIANTS)}, got {variant!r}")
+    if variant not in COURSE_VARIANTS and variant not in PRUNED_VARIANTS:
+        raise ValueError(f"variant must be one of {list(COURSE_VARIANTS) + list(PRUNED_VARIANTS)}, got {variant!r}")
     path = data.data_dir() / f"mobilenet_{variant}.pt"
     hint = f"restore it with `git checkout -- data/`, or rebuild it with `python scripts/train_mobilenet.py {variant}`"
     if variant not in PRETRAINED:
         raise data.DataFileError(f"no checksum is pinned for {path.name}: {hint}")
     data.verify_file(path, PRETRAINED[variant], hint=hint)
-    net = MobileNet(**COURSE_VARIANTS[variant])
+    if variant in PRUNED_VARIANTS:
+        base, sparsity, _ = PRUNED_VARIANTS[variant]
+        net = prune_hidden(MobileNet(**COURSE_VARIANTS[base]), sparsity)  # the pruned shapes; weights loaded next
+    else:
+        net = MobileNet(**COURSE_VARIANTS[variant])
     net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
     return net.eval()

@@ -13,7 +13,7 @@ from torch import nn
 __all__ = ["LeNet300100", "ConvBNReLU", "SmallCNN", "MODELS", "build"]
 
 _MOVED = {  # defined in lwkit.mobilenet
-    "ACTIVATIONS", "HIDDEN_SCORES",
+    "ACTIVATIONS", "HIDDEN_SCORES", "PRUNED_VARIANTS",
     "conv_params", "conv_macs", "separable_mac_ratio", "make_divisible", "ConvBNAct", "DepthwiseSeparable",
     "InvertedResidual", "MobileNet", "COURSE_SETTINGS", "hidden_channel_scores", "prune_hidden",
     "COURSE_VARIANTS", "CourseRecipe", "train_course_mobilenet", "PRETRAINED", "pretrained",

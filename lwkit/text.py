@@ -265,7 +265,7 @@ def cached_embed(encoder, tokenizer, texts: Sequence[str], *, key: str, max_leng
 # Shipped checkpoints (built by scripts/train_bert_*.py), checksum-verified
 
 CHECKPOINTS = {  # file in data/ -> SHA-256
-    "bert_student3.safetensors": "51d7d1e4e8dd34c414896a3c0ed09a393d4fab7d084e83aa5f17bb8458fd1d6a",
+    "bert_student3.safetensors": "a25ca098725dd2bbd74f8c2dd7b52070110ce38b27e11ea6ffe289ac4d64757f",
 }
 
 

@@ -163,3 +163,11 @@ def test_pretrained_checkpoints_verify_and_load():
     for variant in models.PRETRAINED:
         net = models.pretrained(variant)
         assert net(torch.zeros(1, 1, 28, 28)).shape == (1, 10)
+
+
+def test_shipped_pruned_mobilenet_is_the_base_with_half_its_hidden_channels():
+    base, pruned = models.pretrained("mobilenet"), models.pretrained("pruned50")
+    hidden = [b.hidden_channels for b in base.blocks()]
+    kept = [b.hidden_channels for b in pruned.blocks()]
+    assert all(k < h for k, h in zip(kept[1:], hidden[1:])) and sum(kept) <= 0.55 * sum(hidden), (hidden, kept)
+    assert measure.count_params(pruned) < 0.75 * measure.count_params(base)

@@ -31,6 +31,7 @@ EXEMPT = {
     "lwkit.mobilenet.COURSE_VARIANTS": "a constant, no arguments",
     "lwkit.mobilenet.CourseRecipe": "a frozen record of the shipped recipe; train.fit validates its values",
     "lwkit.mobilenet.PRETRAINED": "a constant dict of checksums, no arguments",
+    "lwkit.mobilenet.PRUNED_VARIANTS": "a constant dict of the shipped pruned models' recipes, no arguments",
 }
 
 FAST = settings(max_examples=25, deadline=None)
