@@ -24,7 +24,7 @@ from torch import nn
 
 from lwkit import measure as _measure
 from lwkit._runtime import (
-    MAX_BATCH,
+    MAX_BATCH,  # noqa: F401  (re-exported: deploy.MAX_BATCH)
     RUNTIMES,
     DeployError,
     _check_in_path,
