@@ -24,12 +24,7 @@ SHOTS = ROOT / "build" / "browser"
 WIDGET_CALLS = ("interactive_or_static(", "browse_predictions(", "bit_width_explorer(", "interact(", "explorer(")
 # Notebooks whose widgets have not yet been driven in the browser by this suite (added in the session that
 # wrote them, without time left to run them here): listed, with the reason, rather than silently skipped.
-NOT_YET_DRIVEN = {
-    "07_case_mobilenet.ipynb": "new; several minutes to run; not yet driven in a browser",
-    "08_case_bert.ipynb": "new; several minutes to run; not yet driven in a browser",
-    "09_deploy_and_maintain.ipynb": "new; several minutes to run; not yet driven in a browser",
-    "10_capstone_pipeline.ipynb": "new; several minutes to run; not yet driven in a browser",
-}
+NOT_YET_DRIVEN: dict[str, str] = {}
 
 
 def widget_notebooks() -> list[str]:
@@ -64,8 +59,20 @@ def open_notebook(page, lab, name: str):
 
 
 def run_all(page, lab, name: str, timeout: float):
-    page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
-    page.locator(".lm-Menu-itemLabel", has_text="Run All Cells").first.click()
+    def started():
+        prompts = page.evaluate("() => [...document.querySelectorAll('.jp-InputPrompt')].map(e => e.innerText)")
+        return any(any(ch.isdigit() or ch == "*" for ch in p) for p in prompts)
+
+    for attempt in range(3):  # a click that lands while JupyterLab is still settling can be lost: retry it
+        page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
+        page.locator(".lm-Menu-itemLabel", has_text="Run All Cells").first.click()
+        try:
+            wait_until(started, 15, f"{name} to start running (attempt {attempt + 1})")
+            break
+        except AssertionError:
+            page.keyboard.press("Escape")
+    else:
+        raise AssertionError(f"Run All Cells did not start {name} after 3 attempts")
     time.sleep(2)
 
     def finished():
@@ -106,9 +113,10 @@ def controls(widget):
 
 
 def operate(page, kind: str, control) -> None:
-    if kind == "slider":
+    if kind == "slider":  # one step right, or left when the handle already sits at its maximum
         control.focus()
-        page.keyboard.press("ArrowRight")
+        at_max = control.get_attribute("aria-valuenow") == control.get_attribute("aria-valuemax")
+        page.keyboard.press("ArrowLeft" if at_max else "ArrowRight")
     elif kind == "checkbox":
         control.click()
     elif kind == "dropdown":
