@@ -66,35 +66,45 @@ def _quiet():
 
 
 @contextlib.contextmanager
+def _captured_fd2():
+    """Send what native code writes to file descriptor 2 into a temporary file while the block runs; yields a
+    list that holds the captured text once the block has ended (also when it raised)."""
+    out: list[str] = []
+    try:
+        saved, capture = os.dup(2), tempfile.TemporaryFile(mode="w+b")
+    except OSError:  # no real fd 2 (some embedded interpreters): nothing to capture
+        saved = capture = None
+    if capture is not None:
+        os.dup2(capture.fileno(), 2)
+    try:
+        yield out
+    finally:
+        if capture is not None:
+            os.dup2(saved, 2)
+            os.close(saved)
+            capture.seek(0)
+            out.append(capture.read().decode(errors="replace"))
+            capture.close()
+
+
+@contextlib.contextmanager
 def _native_stderr(runtime: str, what: str):
     """Capture what native code writes to fd 2 and what ExecuTorch's pybindings log through Python's
     sys.stdout/sys.stderr; on failure, put it in the error message instead of the output."""
     import io
 
-    texts = io.StringIO()
-    try:
-        saved, capture = os.dup(2), tempfile.TemporaryFile(mode="w+b")
-    except OSError:  # no real fd 2 (some embedded interpreters): capture the Python streams only
-        saved = capture = None
-    if capture is not None:
-        os.dup2(capture.fileno(), 2)
-    try:
-        with contextlib.redirect_stdout(texts), contextlib.redirect_stderr(texts):
-            yield
-    except Exception as exc:
-        native = texts.getvalue()
-        if capture is not None:
-            os.dup2(saved, 2)
-            capture.seek(0)
-            native += capture.read().decode(errors="replace")
-        if native.strip():
-            raise DeployError(f"{runtime}: {what} failed: {exc}\n{runtime} said:\n{native.strip()}") from exc
-        raise
-    finally:
-        if capture is not None:
-            os.dup2(saved, 2)
-            os.close(saved)
-            capture.close()
+    texts, failure = io.StringIO(), None
+    with _captured_fd2() as native:
+        try:
+            with contextlib.redirect_stdout(texts), contextlib.redirect_stderr(texts):
+                yield
+        except Exception as exc:
+            failure = exc
+    if failure is not None:
+        said = (texts.getvalue() + "".join(native)).strip()
+        if said:
+            raise DeployError(f"{runtime}: {what} failed: {failure}\n{runtime} said:\n{said}") from failure
+        raise failure
 
 
 def _require(package: str, runtime: str):

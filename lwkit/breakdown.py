@@ -12,12 +12,20 @@ latency.
 
 from __future__ import annotations
 
+import re
+import sys
+
 import torch
 from torch import nn
+
+from lwkit._runtime import _captured_fd2
 
 __all__ = ["time_by_group"]
 
 _PREFIX = "lwkit::"
+# What the profiler's C++ side (Kineto) writes straight to file descriptor 2 on every run: trace markers and,
+# on a machine without a GPU, a failed GPU probe. Dropped; anything else it writes is passed on to sys.stderr.
+_KINETO_NOISE = re.compile(r"^(USDT:.*profiler_(start|stop)|ERROR:.*gpuGetDeviceCount failed.*|\s*)$")
 
 
 def _check_groups(model: nn.Module, groups) -> dict[str, list[nn.Module]]:
@@ -94,10 +102,14 @@ def time_by_group(model: nn.Module, example_input, groups: dict, *, warmup: int 
         with torch.no_grad():
             for _ in range(warmup):
                 _call(model, example_input)
-            with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
-                with torch.profiler.record_function(_PREFIX + "total"):
-                    for _ in range(repeats):
-                        _call(model, example_input)
+            with _captured_fd2() as native:
+                with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+                    with torch.profiler.record_function(_PREFIX + "total"):
+                        for _ in range(repeats):
+                            _call(model, example_input)
+            other = [line for line in "".join(native).splitlines() if not _KINETO_NOISE.match(line)]
+            if other:
+                print("\n".join(other), file=sys.stderr)
     finally:
         for h in handles:
             h.remove()
