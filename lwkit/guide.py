@@ -21,7 +21,16 @@ ROOT = Path(__file__).resolve().parent.parent
 MINUTES_PER_EXERCISE = 10  # an estimate for a learner; the guide says so
 WORKSHOP_MINUTES = 180
 PITFALL = re.compile(r"^\s*(?:>\s*)?\*\*(Pitfall|Note|Warning|Careful)[^*]*\*\*:?\s*(.+)$", re.I)
+EXERCISE = re.compile(r"^\s*\*\*Exercise\s+(\d+)[^*]*\*\*[ \t]*(.*?)(?=^\s*\*\*Exercise\s+\d|\Z)", re.M | re.S)
 READ_TIME = re.compile(r"\*\*Time:\*\*\s*about\s+(\d+)\s*min", re.I)
+
+
+def _first_sentence(text: str, limit: int = 160) -> str:
+    """The exercise's first sentence on one line (up to `limit` characters, cut at a word with '…')."""
+    flat = " ".join(text.split())
+    m = re.search(r"[.?!](\s|$)", flat)
+    sentence = flat[: m.end()].strip() if m else flat
+    return sentence if len(sentence) <= limit else sentence[: limit].rsplit(" ", 1)[0] + " …"
 
 
 @dataclass
@@ -84,9 +93,8 @@ def notebook_info(path: str | Path, results: dict | None = None) -> NotebookInfo
             p = PITFALL.match(line)
             if p:
                 info.pitfalls.append(p.group(2).strip())
-        ex = re.match(r"^\s*\*\*Exercise\s+(\d+)[^*]*\*\*\s*(.*)", text)
-        if ex:
-            info.exercises.append(f"Exercise {ex.group(1)}: {ex.group(2).splitlines()[0].strip()}")
+        for ex in EXERCISE.finditer(text):  # also where a cell opens with "## Exercises" first
+            info.exercises.append(f"Exercise {ex.group(1)}: {_first_sentence(ex.group(2))}")
     if results:
         run = results.get("notebooks", {}).get(path.stem)
         if run:
@@ -180,7 +188,8 @@ def build_guide(results_path: str | Path = ROOT / "build" / "results.json",
     if rest:
         out += ["", "Take-home (does not fit): " + ", ".join(i.title for i in rest)]
     weeks = course_plan(infos, 8)
-    out += ["", f"## A {len(weeks)}-week course", "",
+    article = "An" if len(weeks) in (8, 11, 18) else "A"
+    out += ["", f"## {article} {len(weeks)}-week course", "",
             "About equal class time per week, from the notebooks' stated reading times, measured run times and "
             f"{MINUTES_PER_EXERCISE} minutes per exercise.", "",
             "| week | notebooks | class time (min) |", "|---|---|---|"]

@@ -280,3 +280,18 @@ def test_write_is_atomic(src, tmp_path, monkeypatch):
 def test_cli_writes_copies(tmp_path):
     assert course.main(["student", str(tmp_path / "out")]) == 0
     assert len(list((tmp_path / "out").glob("*.ipynb"))) == len(NOTEBOOKS)
+
+
+def test_guide_finds_every_exercise_and_its_first_sentence(tmp_path):
+    import nbformat
+
+    from lwkit import guide
+
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_markdown_cell("# 99 · Title\n\n**Time:** about 20 min"),
+                nbformat.v4.new_markdown_cell("## Exercises\n\n**Exercise 1.** Count the\nweights. Then more."),
+                nbformat.v4.new_markdown_cell("**Exercise 2 (predict).** Why? Say it.\n\n**Exercise 3.** Last one")]
+    path = tmp_path / "99_demo.ipynb"
+    nbformat.write(nb, path)
+    info = guide.notebook_info(path)
+    assert info.exercises == ["Exercise 1: Count the weights.", "Exercise 2: Why?", "Exercise 3: Last one"]
