@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import copy
 import html
+import shutil
 import sys
 from pathlib import Path
 
@@ -95,8 +96,14 @@ def build_site(build: str | Path = ROOT / "build", out: str | Path | None = None
         if md.is_file():
             (out / f"{name}.html").write_text(render_markdown(md.read_text(encoding="utf-8"), name), encoding="utf-8")
             extras.append(name)
+    pareto = Path(build) / "pareto.html"  # the static Pareto explorer `make run` draws from build/variants.json
+    if pareto.is_file():
+        shutil.copyfile(pareto, out / "pareto.html")
+        extras.append("pareto")
     items = "\n".join(f"<li><a href='{stem}.html'>{html.escape(title)}</a></li>" for stem, title in entries)
-    more = "\n".join(f"<li><a href='{n}.html'>{n.replace('-', ' ').capitalize()}</a></li>" for n in extras)
+    labels = {"pareto": "The course's variants: Pareto explorer"}
+    more = "\n".join(f"<li><a href='{n}.html'>{labels.get(n, n.replace('-', ' ').capitalize())}</a></li>"
+                     for n in extras)
     index = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>lwkit course</title>{STYLE}</head><body>"
              "<h1>lwkit — a hands-on course in model compression (轻量化)</h1>"
              "<p>The executed notebooks of your last <code>make run</code>. Solutions are folded: click "

@@ -112,3 +112,7 @@ def test_site_folds_solutions(tmp_path):
     index = site.build_site(tmp_path)
     page = (tmp_path / "site" / "99_demo.html").read_text()
     assert index.is_file() and "Show solution" in page and "99_demo.html" in index.read_text()
+    assert "pareto.html" not in index.read_text()  # no explorer in this build folder: no dead link
+    (tmp_path / "pareto.html").write_text("<html>explorer</html>")
+    index = site.build_site(tmp_path)
+    assert "pareto.html" in index.read_text() and (tmp_path / "site" / "pareto.html").read_text() == "<html>explorer</html>"
