@@ -1,14 +1,8 @@
 """Compression recipes: an ordered list of steps applied to a model, measured after every step.
 
 The survey's six steps (prepare data -> choose a method -> compress -> parameter-efficient fine-tuning ->
-evaluate -> deploy) as a small API. Each step is a plain dataclass built on one course module:
-
-    Prune     lwkit.prune   magnitude/random masks, global or per layer, optional fine-tuning with masks held
-    FineTune  lwkit.prune   training that keeps pruned weights at zero
-    Distill   lwkit.distill the model as it entered the recipe teaches the current one (masks held)
-    LoRA      lwkit.peft    low-rank adapters trained, then merged (masks held)
-    Quantize  lwkit.mixed / lwkit.huffman / lwkit.qat   uniform or k-means weights, optional int activations
-    Export    lwkit.deploy / lwkit.huffman   a real file: ONNX, ExecuTorch .pte, or the Huffman-coded file
+evaluate -> deploy) as a small API. The steps (Prune, FineTune, Distill, LoRA, Quantize, Export) are plain
+dataclasses, each built on one course module; `lwkit.steps` lists what each does.
 
     recipe = Recipe([Prune(sparsity=0.9, epochs=2), Quantize(bits=5, method="kmeans")])
     recipe = Recipe.from_text("- prune: sparsity=0.9, epochs=2\\n- quantize: bits=5, method='kmeans'")
