@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from lwkit._runtime import _captured_fd2
+from lwkit.macs import _call  # a tensor, a tuple of positional inputs, or a dict of keyword inputs
 
 __all__ = ["time_by_group"]
 
@@ -56,14 +57,6 @@ def _check_groups(model: nn.Module, groups) -> dict[str, list[nn.Module]]:
                     raise ValueError(f"groups overlap: a {type(sub).__name__} in {seen[id(sub)]!r} is inside a "
                                      f"{type(m).__name__} in {label!r}; list disjoint submodules")
     return out
-
-
-def _call(model: nn.Module, example_input):
-    if isinstance(example_input, dict):
-        return model(**example_input)
-    if isinstance(example_input, tuple):
-        return model(*example_input)
-    return model(example_input)
 
 
 def time_by_group(model: nn.Module, example_input, groups: dict, *, warmup: int = 2,
