@@ -71,7 +71,9 @@ def find_notebooks(names: list[str] | None = None, folder: Path = NOTEBOOKS) -> 
             found.append(path)
             continue
         exact = [p for p in everything if p.stem == name]
-        matches = exact or [p for p in everything if p.stem.startswith(name)]
+        # '02' names 02_pruning_in_practice even when 02b_... exists: a number followed by '_' wins.
+        matches = (exact or [p for p in everything if p.stem.startswith(name + "_")]
+                   or [p for p in everything if p.stem.startswith(name)])
         if len(matches) != 1:
             what = "no notebook" if not matches else f"{len(matches)} notebooks ({', '.join(p.stem for p in matches)})"
             raise ValueError(f"notebook {name!r} matches {what} in {folder}; choose one of: {_available(folder)}")

@@ -147,6 +147,11 @@ def test_find_notebooks_by_prefix_and_errors(tmp_path):
     with pytest.raises(ValueError, match=r"matches 5 notebooks \(00_a, 06_b, 07_c, 08_d, 09_e\)"):
         run.find_notebooks(["0"], folder=tmp_path)
     assert [p.parent.name for p in run.find_notebooks([str(tmp_path / "zh")], folder=tmp_path)] == ["zh"]
+    # a split notebook (02b_...) does not make '02' ambiguous; '02b' names the split
+    (tmp_path / "02_g.ipynb").write_text("{}")
+    (tmp_path / "02b_h.ipynb").write_text("{}")
+    assert run.find_notebooks(["02"], folder=tmp_path)[0].stem == "02_g"
+    assert run.find_notebooks(["02b"], folder=tmp_path)[0].stem == "02b_h"
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="holds no notebooks"):
         run.find_notebooks([str(tmp_path / "empty")], folder=tmp_path)
