@@ -1,8 +1,8 @@
 """Conventions every notebook keeps (nbval, run separately, executes them)."""
 
 import ast
-import re
 import json
+import re
 from pathlib import Path
 
 import pytest
