@@ -194,6 +194,12 @@ class DeployTable(_measure.Comparison):
     def batch_sizes(self) -> list[int]:
         return sorted({int(k[len("latency_ms_b"):]) for r in self.rows for k in r if k.startswith("latency_ms_b")})
 
+    def plot_batch_sweep(self, **kwargs) -> None:
+        """Latency, throughput and speedup against batch size (`lwkit.sweep.plot_batch_sweep`)."""
+        from lwkit.sweep import plot_batch_sweep
+
+        plot_batch_sweep(self, **kwargs)
+
     def caption(self) -> str:
         text = f"ratios are baseline / model (higher = smaller or faster), baseline: {self.baseline}"
         if self.threads:
@@ -338,6 +344,7 @@ def measure(variants: dict, example_input, *, reference=None, test_data=None, ba
             if samples[r["name"]]:
                 q = torch.tensor(samples[r["name"]]).quantile(torch.tensor([0.25, 0.5, 0.75])).tolist()
                 r[f"latency_ms_b{b}"], r[f"latency_iqr_ms_b{b}"] = q[1], q[2] - q[0]
+                r[f"latency_q25_ms_b{b}"], r[f"latency_q75_ms_b{b}"] = q[0], q[2]
             else:
                 r[f"latency_ms_b{b}"] = r[f"latency_iqr_ms_b{b}"] = None
     # 2) agreement with the reference and accuracy
@@ -362,6 +369,7 @@ def measure(variants: dict, example_input, *, reference=None, test_data=None, ba
         first = batch_sizes[0]  # Comparison's own columns: the first batch size
         r["latency_ms"], r["latency_iqr_ms"], r["speedup"] = (r[f"latency_ms_b{first}"],
                                                               r[f"latency_iqr_ms_b{first}"], r[f"speedup_b{first}"])
+        r["latency_q25_ms"], r["latency_q75_ms"] = r.get(f"latency_q25_ms_b{first}"), r.get(f"latency_q75_ms_b{first}")
         if r.get("accuracy") is not None and base.get("accuracy") is not None:
             r["acc_delta_pp"] = 100 * (r["accuracy"] - base["accuracy"])
     return DeployTable(rows=rows, baseline=baseline, threads=threads, batch_size=batch_sizes[0])
