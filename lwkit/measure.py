@@ -275,6 +275,7 @@ def compare(models: dict, example_input=None, *, accuracy: dict | None = None, b
         if latency and example_input is not None:
             lat = measure_latency(model, example_input, warmup=warmup, repeats=repeats, threads=threads)
             row["latency_ms"], row["latency_iqr_ms"] = lat.median_ms, lat.iqr_ms
+            row["latency_q25_ms"], row["latency_q75_ms"] = lat.q25_ms, lat.q75_ms
         rows.append(row)
     base = next(r for r in rows if r["name"] == baseline)
     for r in rows:

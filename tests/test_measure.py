@@ -223,3 +223,36 @@ def test_format_bytes():
     for bad in (-1, float("inf"), "3", True):
         with pytest.raises(ValueError, match="n must be"):
             measure.format_bytes(bad)
+
+
+def test_comparison_plot_draws_true_quartiles_and_a_ratio_panel(monkeypatch):
+    monkeypatch.setattr(plt, "show", lambda: None)
+    rows = [{"name": "a", "params": 100, "macs": 1000, "latency_ms": 2.0, "latency_q25_ms": 1.5,
+             "latency_q75_ms": 3.0, "latency_iqr_ms": 1.5, "accuracy": 0.9},
+            {"name": "b", "params": 20, "macs": 8000, "latency_ms": 10.0, "latency_iqr_ms": 2.0, "accuracy": 0.91}]
+    table = measure.Comparison(rows=rows, baseline="a", threads=1, batch_size=4)
+    assert "MACs per batch" in str(table) and "batch of 4" in table.caption()
+    assert table.plot(("latency_ms", "accuracy"), ratios=True, accuracy_n=1000) is None
+    fig = plt.gcf()
+    ax_ratio, ax_lat, ax_acc = fig.axes
+    assert ax_ratio.get_yscale() == "log"
+    heights = sorted(round(p.get_y() + p.get_height(), 6) for p in ax_ratio.patches)
+    assert set(heights) == {0.2, 8.0, 5.0}  # b / a: params, MACs, latency (each bar grows from 1)
+    # error bars: row a from its true quartiles, row b (no quartiles) from median ± IQR/2, and the legend says so
+    segments = [seg for coll in ax_lat.collections for seg in coll.get_segments()]
+    spans = sorted((round(float(s[0][1]), 6), round(float(s[1][1]), 6)) for s in segments)
+    assert spans == [(1.5, 3.0), (9.0, 11.0)]
+    assert "quartiles not recorded" in ax_lat.get_legend().get_texts()[0].get_text()
+    assert "SE" in ax_acc.get_title() and ax_acc.get_ylim()[0] > 50  # zoomed, not 0-100 %
+    plt.close("all")
+    with pytest.raises(TypeError, match="ratios"):
+        table.plot(ratios="yes")
+    with pytest.raises(ValueError, match="accuracy_n"):
+        table.plot(accuracy_n=0)
+
+
+def test_compare_keeps_the_latency_quartiles():
+    table = measure.compare({"a": nn.Linear(4, 4)}, torch.zeros(2, 4), repeats=5, warmup=0, threads=1)
+    r = table.row("a")
+    assert r["latency_q25_ms"] <= r["latency_ms"] <= r["latency_q75_ms"]
+    assert abs(r["latency_q75_ms"] - r["latency_q25_ms"] - r["latency_iqr_ms"]) < 1e-9
