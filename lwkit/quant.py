@@ -337,8 +337,8 @@ def fake_quantize(x: torch.Tensor, *, bits: int = 8, symmetric: bool = False, ax
 
 def sqnr_db(x: torch.Tensor, x_hat: torch.Tensor) -> float:
     """Signal-to-quantization-noise ratio in dB: 10 log10(sum x^2 / sum (x - x_hat)^2)."""
-    x = _check_float_tensor("x", x)
-    x_hat = _check_float_tensor("x_hat", x_hat)
+    x = _check_float_tensor("x", x).detach()  # a Parameter is fine: no autograd warning from float(...)
+    x_hat = _check_float_tensor("x_hat", x_hat).detach()
     if x.shape != x_hat.shape:
         raise ValueError(f"x and x_hat must have the same shape, got {tuple(x.shape)} and {tuple(x_hat.shape)}")
     noise = float(((x.double() - x_hat.double()) ** 2).sum())
