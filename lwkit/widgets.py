@@ -263,14 +263,16 @@ def _check_setting(values) -> None:
 
 
 def bit_width_explorer(model: torch.nn.Module, evaluate: Callable, *, layer: str | None = None,
-                       static_values: list[dict] | None = None) -> None:
+                       static_values: list[dict] | None = None, accuracy_label: str = "accuracy (%)") -> None:
     """Bit-width slider (2-8), symmetric and per-channel switches on a live model.
 
-    Left: one layer's weight histogram with the quantization grid on top (per-tensor grid, or the grid of
-    the widest channel). Right: accuracy (`evaluate(model) -> accuracy in [0, 1]`) and size of the whole
-    model with every Linear/Conv2d weight quantized that way, next to fp32. The title gives the layer's
-    error and SQNR. The slider starts at 2 bits: 1-bit symmetric has the single level 0 (lwkit.quant rejects
-    it); asymmetric 1-bit can be tried with lwkit.quant.fake_quantize(w, bits=1).
+    Left: per-tensor, one layer's weight histogram with the grid on top; per-channel, the histogram of the
+    layer's NARROWEST output channel with its own grid next to the per-tensor grid (the widest channel's
+    grid is the per-tensor grid, so it would show nothing). The title gives the layer's error, SQNR and how
+    many of the 2^bits levels hold >= 0.1 % of the weights (2-bit symmetric: 3, as only -max reaches -2). Right:
+    `evaluate(model) -> accuracy in [0, 1]` (label the split with `accuracy_label`) and size of the whole
+    model with every Linear/Conv2d weight quantized that way, next to fp32. The slider starts at 2 bits:
+    1-bit symmetric has the single level 0; asymmetric 1-bit can be tried with quant.fake_quantize(w, bits=1).
     """
     import matplotlib.pyplot as plt
 
@@ -280,6 +282,9 @@ def bit_width_explorer(model: torch.nn.Module, evaluate: Callable, *, layer: str
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if not callable(evaluate):
         raise TypeError(f"evaluate must be a callable model -> accuracy, got {type(evaluate).__name__}")
+    if not isinstance(accuracy_label, str) or not accuracy_label.strip():
+        raise TypeError(f"accuracy_label must be a non-empty str such as 'validation accuracy (%)', "
+                        f"got {accuracy_label!r}")
     layers = quant.quantizable_layers(model)
     if layer is not None and not isinstance(layer, str):
         raise TypeError(f"layer must be a layer name (str) or None, got {type(layer).__name__}")
@@ -296,36 +301,51 @@ def bit_width_explorer(model: torch.nn.Module, evaluate: Callable, *, layer: str
     if isinstance(fp32_acc, bool) or not isinstance(fp32_acc, numbers.Real) or not 0 <= fp32_acc <= 1:
         raise ValueError(f"evaluate must return an accuracy in [0, 1], got {fp32_acc!r} for the fp32 model")
     fp32_bytes = quant.quantized_size_bytes(model, None)
+    narrow = int(w.flatten(1).abs().amax(1).argmin())  # the output channel with the smallest range
     cache: dict = {}
 
     def draw(bits: int = 4, symmetric: bool = True, per_channel: bool = False) -> None:
-        axis = 0 if per_channel else None
-        scale, zero_point = quant.choose_qparams(w, bits=bits, symmetric=symmetric, axis=axis)
         qmin, qmax = quant.qrange(bits, symmetric)
-        w_hat = quant.dequantize(quant.quantize(w, scale, zero_point, qmin, qmax), scale, zero_point)
+        grids, w_hat, used = {}, None, 0
+        for pc in (False, True):
+            scale, zero_point = quant.choose_qparams(w, bits=bits, symmetric=symmetric, axis=0 if pc else None)
+            q = quant.quantize(w, scale, zero_point, qmin, qmax)
+            s = scale.flatten()[narrow] if pc else scale
+            z = zero_point.flatten()[narrow] if pc else zero_point
+            grids[pc] = quant.dequantize(torch.arange(qmin, qmax + 1), s, z)
+            if pc == per_channel:
+                w_hat = quant.dequantize(q, scale, zero_point)
+                rows = q.flatten(1) if pc else q.reshape(1, -1)  # levels holding >= 0.1 % of a row's weights
+                used = max(int((torch.bincount(r - qmin, minlength=qmax - qmin + 1) >= 0.001 * len(r)).sum())
+                           for r in rows)
         key = (bits, symmetric, per_channel)
         if key not in cache:
             q_model = quant.quantize_weights(model, bits=bits, per_channel=per_channel, symmetric=symmetric)
             cache[key] = evaluate(q_model), quant.quantized_size_bytes(model, bits, per_channel=per_channel)
         acc, size = cache[key]
-        c = int(w.flatten(1).abs().amax(1).argmax()) if per_channel else None  # the widest channel
-        s = scale.flatten()[c] if per_channel else scale
-        z = zero_point.flatten()[c] if per_channel else zero_point
-        grid = quant.dequantize(torch.arange(qmin, qmax + 1), s, z)
-        fig, (ax_h, ax_a) = plt.subplots(1, 2, figsize=(10, 3.3), gridspec_kw={"width_ratios": [2, 1]})
-        ax_h.hist(w.flatten().numpy(), bins=120, color=OKABE_ITO[0], alpha=0.7, label="fp32 weights")
-        for i, g in enumerate(grid.tolist() if len(grid) <= 64 else []):
-            ax_h.axvline(g, color=OKABE_ITO[3], ls="--", lw=0.8, label="grid levels" if i == 0 else None)
+        fig, (ax_h, ax_a) = plt.subplots(1, 2, figsize=(10, 3.4), gridspec_kw={"width_ratios": [2, 1]})
+        shown = w[narrow].flatten() if per_channel else w.flatten()
+        ax_h.hist(shown.numpy(), bins=60 if per_channel else 120, color=OKABE_ITO[0], alpha=0.6,
+                  label=f"channel {narrow} (narrowest) weights" if per_channel else "fp32 weights")
+        styles = {False: (OKABE_ITO[3], "--", "per-tensor grid"), True: (OKABE_ITO[2], "-", "this channel's own grid")}
+        for pc in ((False, True) if per_channel else (False,)):
+            color, ls, name = styles[pc]
+            for i, g in enumerate(grids[pc].tolist() if len(grids[pc]) <= 64 else []):
+                ax_h.axvline(g, color=color, ls=ls, lw=1.0, label=name if i == 0 else None)
+        if per_channel:  # zoom on the channel, with room to see the per-tensor levels nearest to it
+            lim = 1.6 * float(w[narrow].abs().max())
+            ax_h.set_xlim(-lim, lim)
+        what = f"per-channel (channel {narrow}, the narrowest)" if per_channel else "per-tensor"
         ax_h.set(xlabel="weight value", ylabel="count",
-                 title=f"{layer}: {bits}-bit {'symmetric' if symmetric else 'asymmetric'}, "
-                       f"{'per-channel (grid of the widest channel)' if per_channel else 'per-tensor'}\n"
-                       f"MSE {float(((w - w_hat) ** 2).mean()):.2e}, SQNR {quant.sqnr_db(w, w_hat):.1f} dB")
-        ax_h.legend(fontsize=8)
+                 title=f"{layer}: {bits}-bit {'symmetric' if symmetric else 'asymmetric'}, {what}\n"
+                       f"layer MSE {float(((w - w_hat) ** 2).mean()):.2e}, SQNR {quant.sqnr_db(w, w_hat):.1f} dB, "
+                       f"levels used (≥0.1 % of weights) {used} of {2 ** bits}")
+        ax_h.legend(fontsize=7, loc="upper right")
         bars = ax_a.bar(["fp32", f"{bits}-bit"], [100 * fp32_acc, 100 * acc], color=[OKABE_ITO[0], OKABE_ITO[1]],
                         hatch=["", "//"], edgecolor="black")
         ax_a.bar_label(bars, labels=[f"{100 * fp32_acc:.1f}%\n{fp32_bytes / 1024:.0f} KB",
                                      f"{100 * acc:.1f}%\n{size / 1024:.0f} KB"], fontsize=8)
-        ax_a.set(ylim=(0, 115), xlabel="weights", ylabel="accuracy (%)",
+        ax_a.set(ylim=(0, 115), xlabel="weights", ylabel=accuracy_label,
                  title="whole model: accuracy and weight size")
         fig.tight_layout()
         plt.show()

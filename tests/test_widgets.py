@@ -201,3 +201,70 @@ def test_bad_inputs():
         widgets.show_image_prediction(torch.zeros(1, 28, 28), 10, torch.full((10,), 0.1))
     with pytest.raises(ValueError, match="probs"):
         widgets.show_image_prediction(torch.zeros(1, 28, 28), 1, torch.full((9,), 0.1))
+
+
+def test_review_browse_predictions_fallback_keeps_a_colour_key(figures):
+    # review (00): the headless frames must keep the legend, in Okabe-Ito colours with hatches (not red vs green)
+    x, y = images()
+    widgets.browse_predictions(models.build("mlp"), x, y, static_count=2)
+    for fig in figures():
+        bars = fig.axes[1]
+        used, okabe = palette_colors(bars)
+        assert used <= okabe and bars.get_legend() is not None
+        assert {p.get_hatch() for p in bars.patches} - {None, ""}, "a second cue besides colour"
+
+
+def test_plot_history_draws_validation_accuracy_next_to_loss(figures):
+    widgets.plot_history({"m": train.History(loss=[1.0, 0.5, 0.4], val_acc=[0.5, 0.7, 0.8])})
+    (fig,) = figures()
+    loss_ax, acc_ax = fig.axes
+    assert len(loss_ax.lines) == 1 and list(acc_ax.lines[0].get_ydata()) == [50.0, 70.0, 80.0]
+    assert "validation" in acc_ax.get_ylabel()
+
+
+def _explorer_net():
+    torch.manual_seed(0)
+    net = models.LeNet300100()
+    with torch.no_grad():
+        net.fc1.weight[7] *= 0.05  # one narrow row
+    x, y = torch.randn(16, 1, 28, 28), torch.randint(0, 10, (16,))
+    return net, lambda m: (m.eval()(x).argmax(1) == y).float().mean().item()
+
+
+def test_review_bit_width_explorer_one_figure_per_setting_narrow_channel_and_label(figures):
+    # review (03 F2, 04 F15): the per-channel panel showed the widest channel's grid, identical to the
+    # per-tensor grid; it must show a narrow channel with its own grid AND the per-tensor grid
+    net, score = _explorer_net()
+    settings_ = [{"bits": 3, "symmetric": True, "per_channel": False},
+                 {"bits": 3, "symmetric": True, "per_channel": True},
+                 {"bits": 2, "symmetric": True, "per_channel": False}]
+    assert widgets.bit_width_explorer(net, score, layer="fc1", static_values=settings_,
+                                      accuracy_label="validation accuracy (%)") is None
+    tensor_fig, channel_fig, two_bit_fig = figures()  # exactly one figure per setting
+    hist = channel_fig.axes[0]
+    labels = [t.get_text() for t in hist.get_legend().get_texts()]
+    assert "channel 7 (narrowest) weights" in labels and "per-tensor grid" in labels
+    assert "this channel's own grid" in labels
+    own = [ln.get_xdata()[0] for ln in hist.lines if ln.get_linestyle() == "-"]
+    per_tensor = [ln.get_xdata()[0] for ln in hist.lines if ln.get_linestyle() == "--"]
+    assert max(own) < 0.2 * max(per_tensor)  # the narrow row's own step is much finer
+    assert all(f.axes[1].get_ylabel() == "validation accuracy (%)" for f in (tensor_fig, channel_fig))
+    assert "levels used (≥0.1 % of weights) 3 of 4" in two_bit_fig.axes[0].get_title()  # 2-bit symmetric: -2 barely reached
+
+
+def test_bit_width_explorer_default_label_and_bad_label(figures):
+    net, score = _explorer_net()
+    widgets.bit_width_explorer(net, score, static_values=[{"bits": 8, "symmetric": True, "per_channel": False}])
+    (fig,) = figures()
+    assert fig.axes[1].get_ylabel() == "accuracy (%)"
+    for bad in (3, "", None):
+        with pytest.raises(TypeError, match="accuracy_label"):
+            widgets.bit_width_explorer(net, score, accuracy_label=bad)
+
+
+def test_bit_width_explorer_draw_returns_none_in_jupyter(frontend):
+    net, score = _explorer_net()
+    widgets.bit_width_explorer(net, score, layer="fc1")
+    (widget,) = frontend
+    widget.children[2].value = True  # per-channel switch
+    assert widget.result is None
