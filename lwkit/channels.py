@@ -17,7 +17,7 @@ from torch import nn
 
 from lwkit.prune import _check_model, _check_sparsity, _check_tensor, n_to_prune
 
-__all__ = ["channel_scores", "keep_channels", "prune_channels"]
+__all__ = ["channel_scores", "keep_channels", "prune_channels", "recalibrate_bn"]
 
 _PASS_THROUGH = (nn.ReLU, nn.MaxPool2d, nn.AvgPool2d, nn.Identity, nn.Dropout)  # layers with no channel weights
 
@@ -203,3 +203,52 @@ def prune_channels(model: nn.Module, sparsity: float | dict[str, float], *, norm
     per_channel = math.prod(size) if isinstance(size, tuple) else size * size
     out.append(_slice_linear_in(model.classifier, keep_prev, per_channel))
     return nn.Sequential(*out).eval()
+
+
+@torch.no_grad()
+def recalibrate_bn(model: nn.Module, data, *, num_batches: int = 10) -> nn.Module:
+    """Re-estimate every BatchNorm's running mean/var from `num_batches` forward passes (no gradients), in place.
+
+    After pruning, the statistics stored during training describe activations that no longer exist. The
+    running statistics are reset and averaged over the batches (momentum None = cumulative mean); only the
+    BatchNorm layers run in train mode, and the model is left in eval mode. `data` yields (x, y) or x.
+    """
+    _check_model(model)
+    if isinstance(num_batches, bool) or not isinstance(num_batches, int) or num_batches < 1:
+        raise ValueError(f"num_batches must be an int >= 1, got {num_batches!r}")
+    if isinstance(data, (torch.Tensor, str, bytes)) or not hasattr(data, "__iter__"):
+        raise TypeError(f"data must be a loader or list of (x, y) batches or input tensors, got {type(data).__name__}")
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    if not bns:
+        raise ValueError(f"model {type(model).__name__} has no BatchNorm with running statistics to recalibrate")
+    batches = []
+    for i, batch in enumerate(data):
+        if i >= num_batches:
+            break
+        x = batch[0] if isinstance(batch, (tuple, list)) else batch
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"data batch {i} holds {type(x).__name__}, not an input tensor")
+        batches.append(x)
+    if not batches:
+        raise ValueError("data yielded no batch: recalibration needs at least one")
+    saved = [(m, m.momentum) for m in bns]
+    buffers = [(m, {k: b.clone() for k, b in m.named_buffers()}) for m in bns]
+    model.eval()
+    try:
+        for m in bns:
+            m.reset_running_stats()
+            m.momentum = None  # cumulative average over the batches
+            m.train()
+        for x in batches:
+            model(x)
+    except BaseException:
+        for m, old in buffers:  # a failed pass leaves the old statistics, not half-new ones
+            for k, b in m.named_buffers():
+                b.copy_(old[k])
+        raise
+    finally:
+        for m, momentum in saved:
+            m.momentum = momentum
+        model.eval()
+    return model
+
