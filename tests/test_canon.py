@@ -77,3 +77,20 @@ def test_recalibrate_bn_equals_batch_statistics():
     act = net.features[0][0](x)  # (32, 4, 28, 28): the first conv's output feeds the first BatchNorm
     assert torch.allclose(bn.running_mean, act.mean((0, 2, 3)), atol=1e-5)
     assert not net.training and bn.momentum == 0.1
+
+
+def test_paired_accuracy_by_hand():
+    from lwkit import paired
+    x = torch.eye(4)
+    y = torch.tensor([0, 1, 2, 3])
+    a = nn.Linear(4, 4, bias=False)
+    with torch.no_grad():
+        a.weight.copy_(torch.eye(4))  # right on all 4
+    b = copy.deepcopy(a)
+    with torch.no_grad():
+        b.weight[0].copy_(torch.tensor([0.0, 2.0, 0, 0]))  # wrong on image 0
+    r = paired.paired_accuracy(a, b, [(x, y)])
+    assert r["acc_a"] == 1.0 and r["acc_b"] == 0.75 and r["n"] == 4 and abs(r["diff_pp"] - 25) < 1e-9
+    d = torch.tensor([1.0, 0, 0, 0])
+    assert abs(r["se_pp"] - 100 * float(d.std()) / 2) < 1e-9
+    assert abs(paired.accuracy_se(0.88, 3000) - 0.00593) < 1e-5

@@ -12,11 +12,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from lwkit import channels, lottery, models, nm, prune, saliency
+from lwkit import channels, lottery, models, nm, paired, prune, saliency
 
 COVERED = {"lwkit.nm.nm_mask", "lwkit.nm.nm_masks", "lwkit.nm.is_nm_sparse", "lwkit.saliency.input_norms",
            "lwkit.saliency.wanda_scores", "lwkit.saliency.row_masks", "lwkit.saliency.wanda_masks",
-           "lwkit.lottery.rewind", "lwkit.lottery.ticket_sparsities", "lwkit.channels.recalibrate_bn"}
+           "lwkit.lottery.rewind", "lwkit.lottery.ticket_sparsities", "lwkit.channels.recalibrate_bn",
+           "lwkit.paired.accuracy_se", "lwkit.paired.paired_accuracy"}
 EXEMPT = {}
 
 FAST = settings(max_examples=25, deadline=None)
@@ -152,3 +153,21 @@ def test_recalibrate_bn_bad_arguments_change_nothing(bad):
     raises_naming(lambda: channels.recalibrate_bn("net", data), "model")
     raises_naming(lambda: channels.recalibrate_bn(net, [torch.ones(4, 3, 28, 28)]), "channels", RuntimeError)
     assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
+
+
+@FAST
+@given(p=st.one_of(st.floats(max_value=-1e-9), st.floats(min_value=1.0001), st.none(), st.booleans(), st.text(max_size=2),
+                   st.just(float("nan"))),
+       n=st.one_of(st.integers(max_value=0), st.none(), st.booleans(), st.floats()))
+def test_accuracy_se_bad(p, n):
+    raises_naming(lambda: paired.accuracy_se(p, 10), "accuracy")
+    raises_naming(lambda: paired.accuracy_se(0.5, n), "n")
+
+
+def test_paired_accuracy_bad():
+    net = nn.Linear(4, 3)
+    batch = [(torch.randn(2, 4), torch.tensor([0, 1]))]
+    raises_naming(lambda: paired.paired_accuracy(None, net, batch), "model_a")
+    raises_naming(lambda: paired.paired_accuracy(net, 3, batch), "model_b")
+    raises_naming(lambda: paired.paired_accuracy(net, net, torch.ones(2)), "loader")
+    raises_naming(lambda: paired.paired_accuracy(net, net, []), "loader")
