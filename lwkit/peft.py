@@ -58,7 +58,7 @@ def _lookup(model: nn.Module, names, *, arg: str = "names", kind: type | None = 
     """(name, module) for each name, or a ValueError listing the valid names (of `kind` if given)."""
     names = _check_names(names, arg, allow_empty=allow_empty)
     modules = _named_modules(model)
-    wrapped = [n for n, m in modules.items() if isinstance(m, (LoRALinear, WithAdapter))]
+    wrapped = [n for n, m in modules.items() if isinstance(getattr(m, "base", None), nn.Module)]  # LoRA, DoRA, ...
     valid = [n for n, m in modules.items() if kind is None
              or (type(m) is kind and not any(n.startswith(w + ".") for w in wrapped))]  # not inside a wrapper
     bad = [n for n in names if n not in valid]
@@ -174,13 +174,15 @@ class LoRALinear(nn.Module):
 
     def __init__(self, base: nn.Linear, *, rank: int = 4, alpha: float = 8.0):
         super().__init__()
-        if not isinstance(base, nn.Linear):
-            raise TypeError(f"base must be a torch.nn.Linear, got {type(base).__name__}")
+        from lwkit.qlora import Linear4bit  # QLoRA: a frozen 4-bit base (lwkit.qlora builds on this module)
+
+        if not isinstance(base, (nn.Linear, Linear4bit)):
+            raise TypeError(f"base must be a torch.nn.Linear (or a lwkit.qlora.Linear4bit), got {type(base).__name__}")
         _check_rank_alpha(rank, alpha, base.in_features, base.out_features)
         rank, alpha = int(rank), float(alpha)
         self.base = base.requires_grad_(False)
         self.rank, self.alpha, self.scaling = rank, alpha, alpha / rank
-        w = base.weight
+        w = base.weight  # a Linear4bit dequantizes here
         self.lora_A = nn.Parameter(torch.empty(rank, base.in_features, device=w.device, dtype=w.dtype))
         self.lora_B = nn.Parameter(torch.zeros(base.out_features, rank, device=w.device, dtype=w.dtype))
         nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))  # what nn.Linear does to its weight
@@ -229,11 +231,13 @@ def add_lora(model: nn.Module, targets: Sequence[str], *, rank: int = 4, alpha: 
 
 
 def merge_lora(model: nn.Module) -> nn.Module:
-    """Replace every LoRALinear in `model` by its merged nn.Linear (in place)."""
+    """Replace every LoRALinear (and lwkit.dora.DoRALinear) in `model` by its merged nn.Linear (in place)."""
+    from lwkit.dora import DoRALinear
+
     modules = _named_modules(model)
     with _restore_on_error(model) as log:
         for name, module in list(modules.items()):
-            if isinstance(module, LoRALinear):
+            if isinstance(module, (LoRALinear, DoRALinear)):
                 _swap(model, name, module.merge(), log)
     return model
 
