@@ -41,8 +41,8 @@ def _quiet_deprecation():
 
 
 __all__ = ["ENGINES", "engine", "supported_engines", "fusable_groups", "eager_static_int8", "eager_dynamic_int8",
-           "has_torchao", "pt2e_static_int8", "torchao_dynamic_int8", "compile_int8", "Autocast", "bf16_supported",
-           "saved_size_bytes", "compare"]
+           "has_torchao", "pt2e_static_int8", "torchao_dynamic_int8", "compile_int8", "Autocast",
+           "bf16_supported", "saved_size_bytes", "compare"]
 
 
 def _check_model(model) -> None:
@@ -181,21 +181,42 @@ def eager_dynamic_int8(model: nn.Module) -> nn.Module:
 
 def has_torchao() -> bool:
     """True if torchao imports (its import logs a harmless torch _pytree Enum deprecation line: silenced)."""
-    pytree_log = logging.getLogger("torch.utils._pytree")
-    level = pytree_log.level
-    pytree_log.setLevel(logging.ERROR)
+    _filter_known_warnings()
     try:
         import torchao  # noqa: F401
     except ImportError:
         return False
-    finally:
-        pytree_log.setLevel(level)
     return True
 
 
-class _DropNoCudaRuntime(logging.Filter):
+class _DropMessage(logging.Filter):
+    def __init__(self, text: str):
+        super().__init__()
+        self.text = text
+
     def filter(self, record: logging.LogRecord) -> bool:
-        return "No CUDA runtime is found" not in record.getMessage()
+        return self.text not in record.getMessage()
+
+
+def _filter_known_warnings() -> None:
+    """Silence the known harmless messages of the real int8 paths, in this one place (each named below).
+
+    1. torch.utils._pytree (logged once when torchao is imported): "<enum 'KernelPreference'> is an Enum
+       subclass ... register_constant() on Enum subclasses is deprecated" (torchao registers its enums).
+    2. torch._inductor.mkldnn_lowerings (UserWarning, first compiled call of a PT2E int8 model): "To copy
+       construct from a tensor, it is recommended to use sourceTensor.clone().detach()" (Inductor's own
+       code builds the weight zero-point tensor that way).
+    3. torch.utils.cpp_extension (logged when Inductor first compiles C++ on a CPU-only build): "No CUDA
+       runtime is found, using CUDA_HOME=..." (a probe, not an error: nothing here needs CUDA).
+    The deprecation warnings of torch.ao.quantization are filtered by `_quiet_deprecation` around each call.
+    """
+    for logger, text in (("torch.utils._pytree", "is an Enum subclass"),
+                         ("torch.utils.cpp_extension", "No CUDA runtime is found")):
+        log = logging.getLogger(logger)
+        if not any(isinstance(f, _DropMessage) and f.text == text for f in log.filters):
+            log.addFilter(_DropMessage(text))
+    warnings.filterwarnings("ignore", message=r"To copy construct from a tensor", category=UserWarning,
+                            module=r"torch\._inductor\.mkldnn_lowerings")
 
 
 def _require_torchao() -> None:
@@ -260,14 +281,7 @@ def compile_int8(model: nn.Module) -> nn.Module:
     _check_model(model)
     import torch._inductor.config as inductor_config
 
-    # Known harmless messages of the first compiled call, filtered here once: Inductor's oneDNN int8
-    # lowering copy-constructs a tensor (a UserWarning), and a CPU-only build logs its CUDA probe.
-    warnings.filterwarnings("ignore", message=r"To copy construct from a tensor", category=UserWarning,
-                            module=r"torch\._inductor\.mkldnn_lowerings")
-    cpp_log = logging.getLogger("torch.utils.cpp_extension")
-    if not any(isinstance(f, _DropNoCudaRuntime) for f in cpp_log.filters):
-        cpp_log.addFilter(_DropNoCudaRuntime())
-
+    _filter_known_warnings()
     inductor_config.freezing = True
     return torch.compile(model, dynamic=False)
 
@@ -277,7 +291,8 @@ def compile_int8(model: nn.Module) -> nn.Module:
 
 
 class Autocast(nn.Module):
-    """Runs the wrapped model under CPU autocast (bf16 matmuls and convolutions), returns fp32."""
+    """Runs the wrapped model under CPU autocast (bf16 matmuls and convolutions, weights re-cast from fp32
+    on every call), returns fp32."""
 
     def __init__(self, model: nn.Module, dtype: torch.dtype = torch.bfloat16):
         super().__init__()

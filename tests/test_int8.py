@@ -136,3 +136,65 @@ def test_review_num_batches_zero(convert):
         convert(net, torch.empty(0, 1, 28, 28))
     with pytest.raises(ValueError, match="calibration_data batch 0 is empty"):
         convert(net, [(torch.empty(0, 1, 28, 28), None)])
+
+
+def test_bf16_model_halves_the_file_and_stays_close(cnn_and_data):
+    net, x = cnn_and_data
+    from lwkit import bf16
+
+    bf = bf16.BF16Model(net)
+    assert all(p.dtype == torch.bfloat16 for p in bf.parameters())
+    assert abs(int8.saved_size_bytes(bf) / int8.saved_size_bytes(net) - 0.5) < 0.05
+    with torch.no_grad():
+        out, ref = bf(x), net(x)
+    assert out.dtype == torch.float32 and _close(out, ref, 0.05)
+    assert next(net.parameters()).dtype == torch.float32, "the original is untouched"
+
+
+def test_filter_known_warnings_drops_only_the_named_messages(caplog):
+    import logging
+
+    int8._filter_known_warnings()
+    int8._filter_known_warnings()  # idempotent: one filter per logger
+    log = logging.getLogger("torch.utils.cpp_extension")
+    assert sum(type(f).__name__ == "_DropMessage" for f in log.filters) == 1
+    with caplog.at_level(logging.WARNING, logger="torch.utils.cpp_extension"):
+        log.warning("No CUDA runtime is found, using CUDA_HOME='/usr'")
+        log.warning("something else")
+    assert [r.getMessage() for r in caplog.records] == ["something else"]
+
+
+@needs_x86
+def test_qat_to_real_int8_matches_the_fake_quant_model(cnn_and_data):
+    from lwkit import int8qat
+
+    net, x = cnn_and_data
+    prepared = int8qat.prepare_eager_qat(net)
+    opt = torch.optim.SGD(prepared.parameters(), lr=1e-3)
+    for _ in range(3):  # a few steps so the observers have ranges
+        opt.zero_grad()
+        prepared(x).sum().backward()
+        opt.step()
+    prepared.eval()
+    real = int8qat.convert_eager_qat(prepared)
+    with torch.no_grad():
+        fake, out = prepared(x), real(x)
+    assert _close(out, fake, 0.05), "the converted int8 model computes what QAT simulated"
+    rows = int8qat.inspect_int8(real)
+    assert rows[0]["kind"].startswith("Quantize") and 0 <= rows[0]["out_zero_point"] <= 255
+    convs = [r for r in rows if r["weight"] is not None]
+    assert len(convs) == 4 and all(r["weight"].dtype == torch.int8 for r in convs)
+    assert all(len(r["scales"]) == r["weight"].shape[0] for r in convs), "per-channel weight scales"
+    assert all(int(r["zero_points"].abs().max()) == 0 for r in convs), "symmetric weights"
+
+
+@needs_x86
+def test_inspect_dynamic_int8_has_per_tensor_weights_and_no_output_grid():
+    from lwkit import int8qat
+
+    torch.manual_seed(0)
+    mlp = nn.Sequential(nn.Linear(8, 6), nn.ReLU(), nn.Linear(6, 3))
+    rows = int8qat.inspect_int8(int8.eager_dynamic_int8(mlp))
+    assert len(rows) == 2 and all(len(r["scales"]) == 1 and r["out_scale"] is None for r in rows)
+    w = mlp[0].weight.detach()
+    assert torch.allclose(rows[0]["weight"].float() * rows[0]["scales"].float(), w, atol=w.abs().max().item() / 127)
