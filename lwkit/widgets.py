@@ -336,10 +336,11 @@ def bit_width_explorer(model: torch.nn.Module, evaluate: Callable, *, layer: str
             lim = 1.6 * float(w[narrow].abs().max())
             ax_h.set_xlim(-lim, lim)
         what = f"per-channel (channel {narrow}, the narrowest)" if per_channel else "per-tensor"
-        ax_h.set(xlabel="weight value", ylabel="count",
-                 title=f"{layer}: {bits}-bit {'symmetric' if symmetric else 'asymmetric'}, {what}\n"
-                       f"layer MSE {float(((w - w_hat) ** 2).mean()):.2e}, SQNR {quant.sqnr_db(w, w_hat):.1f} dB, "
-                       f"levels used (≥0.1 % of weights) {used} of {2 ** bits}")
+        ax_h.set_xlabel("weight value")
+        ax_h.set_ylabel("count")
+        ax_h.set_title(f"{layer}: {bits}-bit {'symmetric' if symmetric else 'asymmetric'}, {what}\n"
+                       f"layer MSE {float(((w - w_hat) ** 2).mean()):.2e}, SQNR {quant.sqnr_db(w, w_hat):.1f} dB\n"
+                       f"levels used (≥0.1 % of weights) {used} of {2 ** bits}", fontsize=9)
         ax_h.legend(fontsize=7, loc="upper right")
         bars = ax_a.bar(["fp32", f"{bits}-bit"], [100 * fp32_acc, 100 * acc], color=[OKABE_ITO[0], OKABE_ITO[1]],
                         hatch=["", "//"], edgecolor="black")
