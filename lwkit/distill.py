@@ -7,6 +7,8 @@ The loss of Hinton, Vinyals & Dean (2015), "Distilling the Knowledge in a Neural
 where p_T = softmax(logits / T). The gradient of the soft term scales like 1 / T**2, so multiplying by
 T**2 keeps its weight against the hard term the same whatever the temperature.
 Training reuses `lwkit.train.fit`: `KDLoss` is a `loss_fn(logits, y, x)` that runs the teacher on `x`.
+Rows whose label is `ignore_index` are unlabeled: they take the soft term only (alpha = 1), which is Hinton's
+unlabeled transfer set. At high temperature the soft term tends to `logit_matching_loss` (their section 2.1).
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ from torch import nn
 
 from lwkit import train
 
-__all__ = ["CachedTeacher", "HintLoss", "HintedStudent", "KDLoss", "distill", "kd_loss", "soft_targets"]
+__all__ = ["CachedTeacher", "HintLoss", "HintedStudent", "KDLoss", "distill", "kd_loss", "logit_matching_loss",
+           "soft_targets"]
 
 
 def _check_temperature(temperature) -> None:
@@ -60,21 +63,30 @@ def soft_targets(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor
     return torch.softmax(logits / temperature, dim=-1)  # (batch, classes)
 
 
+def _check_ignore_index(ignore_index) -> None:
+    if ignore_index is not None and (isinstance(ignore_index, bool) or not isinstance(ignore_index, numbers.Integral)
+                                     or ignore_index >= 0):
+        raise ValueError(f"ignore_index must be None or a negative int (the label of unlabeled rows, e.g. -1), "
+                         f"got {ignore_index!r}")
+
+
 def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor, *,
-            temperature: float = 4.0, alpha: float = 0.9) -> torch.Tensor:
+            temperature: float = 4.0, alpha: float = 0.9, ignore_index: int | None = None) -> torch.Tensor:
     """Hinton et al.'s distillation loss, averaged over the batch.
 
     Args:
         student_logits: (batch, classes), with gradient.
         teacher_logits: (batch, classes); treated as constants (detached).
-        labels: (batch,) true class indices (integers in [0, classes)).
+        labels: (batch,) true class indices (integers in [0, classes)), or `ignore_index` for an unlabeled row.
         temperature: finite T > 0 that softens both distributions in the soft term.
         alpha: weight in [0, 1] of the soft term; alpha = 0 is plain cross-entropy, 1 is pure imitation.
+        ignore_index: None (every row labeled) or a negative int; rows with that label get the soft term only.
 
     Unbatched (classes,) logits are refused: 'batchmean' would divide the soft term by the classes.
     """
     _check_temperature(temperature)
     _check_alpha(alpha)
+    _check_ignore_index(ignore_index)
     _check_logits(student_logits, "student_logits")
     _check_logits(teacher_logits, "teacher_logits")
     if student_logits.shape != teacher_logits.shape:
@@ -85,15 +97,38 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: 
             or labels.is_complex() or labels.shape != (n,)):
         got = f"{labels.dtype} of shape {tuple(labels.shape)}" if isinstance(labels, torch.Tensor) else type(labels).__name__
         raise ValueError(f"labels must be a 1-D integer tensor of class indices shaped ({n},), got {got}")
-    if int(labels.min()) < 0 or int(labels.max()) >= classes:
-        raise ValueError(f"labels must be class indices in [0, {classes}), got values from {int(labels.min())} "
-                         f"to {int(labels.max())}")
+    labeled = labels != ignore_index if ignore_index is not None else torch.ones_like(labels, dtype=torch.bool)
+    if labeled.any() and (int(labels[labeled].min()) < 0 or int(labels[labeled].max()) >= classes):
+        unlabeled = "" if ignore_index is None else f" (or {ignore_index} for unlabeled rows)"
+        raise ValueError(f"labels must be class indices in [0, {classes}){unlabeled}, got values from "
+                         f"{int(labels[labeled].min())} to {int(labels[labeled].max())}")
     log_p_student = F.log_softmax(student_logits / temperature, dim=-1)  # (batch, classes)
     p_teacher = F.softmax(teacher_logits.detach() / temperature, dim=-1)  # (batch, classes)
-    # KL(p_teacher || p_student) = sum p_teacher * (log p_teacher - log p_student), mean over the batch
-    soft = F.kl_div(log_p_student, p_teacher, reduction="batchmean")
-    hard = F.cross_entropy(student_logits, labels)
-    return alpha * temperature**2 * soft + (1 - alpha) * hard
+    if ignore_index is None:
+        # KL(p_teacher || p_student) = sum p_teacher * (log p_teacher - log p_student), mean over the batch
+        soft = F.kl_div(log_p_student, p_teacher, reduction="batchmean")
+        hard = F.cross_entropy(student_logits, labels)
+        return alpha * temperature**2 * soft + (1 - alpha) * hard
+    soft_rows = F.kl_div(log_p_student, p_teacher, reduction="none").sum(-1)  # (batch,)
+    hard_rows = F.cross_entropy(student_logits, labels.clamp(min=0), reduction="none")  # (batch,), used where labeled
+    weight = torch.where(labeled, torch.tensor(float(alpha)), torch.tensor(1.0)).to(soft_rows)  # (batch,) alpha or 1
+    hard_rows = torch.where(labeled, hard_rows, torch.zeros_like(hard_rows))
+    return (weight * temperature**2 * soft_rows + (1 - weight) * hard_rows).mean()
+
+
+def logit_matching_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+    """Hinton's high-temperature limit of T**2 * KL: 0.5 * sum((z_s - mean z_s) - (z_t - mean z_t))**2 / classes.
+
+    Averaged over the batch. Logits are centred per row because softmax ignores a constant shift.
+    """
+    _check_logits(student_logits, "student_logits")
+    _check_logits(teacher_logits, "teacher_logits")
+    if student_logits.shape != teacher_logits.shape:
+        raise ValueError(f"student and teacher logits must have the same shape, got {tuple(student_logits.shape)} "
+                         f"and {tuple(teacher_logits.shape)}")
+    zs = student_logits - student_logits.mean(-1, keepdim=True)  # (batch, classes), zero mean per row
+    zt = (teacher_logits - teacher_logits.mean(-1, keepdim=True)).detach()  # (batch, classes)
+    return 0.5 * ((zs - zt) ** 2).sum(-1).mean() / student_logits.shape[-1]
 
 
 class KDLoss(nn.Module):
@@ -102,13 +137,16 @@ class KDLoss(nn.Module):
     The teacher runs in eval mode without gradient on each batch `x` the student sees.
     """
 
-    def __init__(self, teacher: nn.Module, *, temperature: float = 4.0, alpha: float = 0.9):
+    def __init__(self, teacher: nn.Module, *, temperature: float = 4.0, alpha: float = 0.9,
+                 ignore_index: int | None = None):
         super().__init__()
         _check_module(teacher, "teacher")
         _check_temperature(temperature)
         _check_alpha(alpha)
+        _check_ignore_index(ignore_index)
         self.teacher = teacher.eval().requires_grad_(False)
-        self.temperature, self.alpha = temperature, alpha
+        self.temperature, self.alpha, self.ignore_index = temperature, alpha, ignore_index
+        self.labeled: torch.Tensor | None = None  # set per batch by distill's loader when labels were replaced
 
     def forward(self, logits: torch.Tensor, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         if not isinstance(x, torch.Tensor):
@@ -116,7 +154,11 @@ class KDLoss(nn.Module):
         self.teacher.eval()
         with torch.no_grad():
             teacher_logits = self.teacher(x)  # (batch, classes)
-        return kd_loss(logits, teacher_logits, y, temperature=self.temperature, alpha=self.alpha)
+        if self.labeled is not None and self.ignore_index is not None:  # restore the unlabeled marker
+            y = torch.where(self.labeled.to(y.device), y, torch.full_like(y, self.ignore_index))
+            self.labeled = None
+        return kd_loss(logits, teacher_logits, y, temperature=self.temperature, alpha=self.alpha,
+                       ignore_index=self.ignore_index)
 
 
 class CachedTeacher(nn.Module):
@@ -179,20 +221,46 @@ class CachedTeacher(nn.Module):
         return out.to(x.device)
 
 
+class _MarkedBatches:
+    """Re-iterable view of a loader that hands `train.fit` valid labels and tells the loss which rows are unlabeled.
+
+    `train.fit` checks that labels are class indices, so an unlabeled row's marker (`ignore_index`) is replaced
+    by 0 on the way in, and `loss.labeled` records the true mask of the batch about to be trained on.
+    """
+
+    def __init__(self, loader, loss: KDLoss):
+        self.loader, self.loss = loader, loss
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self):
+        for x, y in self.loader:
+            labeled = y != self.loss.ignore_index  # (batch,)
+            self.loss.labeled = labeled
+            yield x, torch.where(labeled, y, torch.zeros_like(y))
+
+
 def distill(student: nn.Module, teacher: nn.Module, train_loader, *, temperature: float = 4.0,
-            alpha: float = 0.9, **fit_kwargs) -> train.History:
-    """Train `student` in place on `teacher`'s soft targets plus the labels; `fit_kwargs` go to `train.fit`."""
+            alpha: float = 0.9, ignore_index: int | None = None, **fit_kwargs) -> train.History:
+    """Train `student` in place on `teacher`'s soft targets plus the labels; `fit_kwargs` go to `train.fit`.
+
+    With `ignore_index` (e.g. -1), batches may hold unlabeled rows with that label: soft term only for them.
+    """
     _check_module(student, "student")
     _check_module(teacher, "teacher")
     if "loss_fn" in fit_kwargs:
         raise TypeError("distill sets loss_fn itself; call lwkit.train.fit for a custom loss")
     _check_temperature(temperature)
     _check_alpha(alpha)
+    _check_ignore_index(ignore_index)
     if not isinstance(teacher, CachedTeacher):
         device = train._as_device(fit_kwargs.get("device")) or train.default_device()
         teacher = teacher.to(device)
-    loss = KDLoss(teacher, temperature=temperature, alpha=alpha)
+    loss = KDLoss(teacher, temperature=temperature, alpha=alpha, ignore_index=ignore_index)
     fit_kwargs.setdefault("desc", f"distill (T={temperature:g}, alpha={alpha:g})")
+    if ignore_index is not None:
+        train_loader = _MarkedBatches(train_loader, loss)
     return train.fit(student, train_loader, loss_fn=loss, **fit_kwargs)
 
 
@@ -215,13 +283,20 @@ class HintedStudent(nn.Module):
 
     `forward` returns the student's logits and keeps the regressed student feature and the teacher feature
     of the same batch, so `HintLoss` can add `beta * MSE(regressor(student_feature), teacher_feature)`.
+    `teacher_pool=k` average-pools a (batch, channels, h, w) teacher feature to k x k first, so the regressor
+    (student features x channels*k*k weights) can stay far smaller than the student.
     """
 
     def __init__(self, student: nn.Module, teacher: nn.Module, example_input: torch.Tensor, *,
-                 student_layer: str, teacher_layer: str):
+                 student_layer: str, teacher_layer: str, teacher_pool: int | None = None):
         super().__init__()
         _check_module(student, "student")
         _check_module(teacher, "teacher")
+        if teacher_pool is not None and (isinstance(teacher_pool, bool) or not isinstance(teacher_pool, int)
+                                         or teacher_pool <= 0):
+            raise ValueError(f"teacher_pool must be None or a positive int (pooled size k of a k x k map), "
+                             f"got {teacher_pool!r}")
+        self.teacher_pool, self._teacher_ndim = teacher_pool, 0
         if not isinstance(example_input, torch.Tensor) or example_input.ndim == 0 or not len(example_input):
             raise ValueError(f"example_input must be a non-empty batch tensor, got {example_input!r:.60}")
         self.student = student
@@ -246,6 +321,10 @@ class HintedStudent(nn.Module):
             raise
         finally:
             student.train(was_training)
+        if teacher_pool is not None and self._teacher_ndim != 4:
+            self.remove_hooks()
+            raise ValueError(f"teacher_pool needs a (batch, channels, h, w) teacher feature; teacher_layer "
+                             f"{teacher_layer!r} gives a {self._teacher_ndim}-D output")
         s_dim = self._features["student"][0].numel()
         t_dim = self._features["teacher"][0].numel()
         self.regressor = nn.Linear(s_dim, t_dim)
@@ -254,6 +333,10 @@ class HintedStudent(nn.Module):
     def _keep(self, name: str):
         def hook(module, inputs, output):
             if isinstance(output, torch.Tensor):
+                if name == "teacher" and self.teacher_pool is not None and output.ndim == 4:
+                    output = F.adaptive_avg_pool2d(output, self.teacher_pool)  # (batch, channels, k, k)
+                if name == "teacher":
+                    self._teacher_ndim = output.ndim
                 self._features[name] = output.flatten(1)  # (batch, features)
         return hook
 

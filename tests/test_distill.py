@@ -244,3 +244,72 @@ def test_hint_loss_and_student_checks():
     with pytest.raises(ValueError, match="not run"):
         distill.HintedStudent(unused, teacher, torch.randn(2, 4), student_layer="extra", teacher_layer="1")
     assert not unused.extra._forward_hooks and not teacher[1]._forward_hooks, "hooks removed after the error"
+
+
+def test_unlabeled_rows_take_the_soft_term_only():
+    """ignore_index: labeled rows get alpha, unlabeled rows alpha = 1; the mean is over all rows."""
+    torch.manual_seed(0)
+    s, t = torch.randn(5, 4), torch.randn(5, 4)
+    y = torch.tensor([0, -1, 3, -1, 2])
+    T, alpha = 2.0, 0.6
+    rows = []
+    for i in range(5):
+        a = alpha if y[i] >= 0 else 1.0
+        yi = y[i:i + 1].clamp(min=0)
+        rows.append(hand_kd(s[i:i + 1], t[i:i + 1], yi, T, a))
+    got = distill.kd_loss(s, t, y, temperature=T, alpha=alpha, ignore_index=-1)
+    assert got.item() == pytest.approx(sum(rows) / 5, rel=1e-5)
+    y_all = torch.tensor([0, 1, 3, 2, 2])  # no unlabeled rows: the same as without ignore_index
+    assert torch.allclose(distill.kd_loss(s, t, y_all, temperature=T, alpha=alpha, ignore_index=-1),
+                          distill.kd_loss(s, t, y_all, temperature=T, alpha=alpha), atol=1e-6)
+    only_unlabeled = distill.kd_loss(s, t, torch.full((5,), -7), temperature=T, alpha=0.0, ignore_index=-7)
+    assert torch.allclose(only_unlabeled, distill.kd_loss(s, t, y_all, temperature=T, alpha=1.0), atol=1e-6)
+    with pytest.raises(ValueError, match="or -1 for unlabeled"):
+        distill.kd_loss(s, t, torch.tensor([0, -2, 1, 1, 1]), ignore_index=-1)
+
+
+def test_distill_with_unlabeled_rows_trains():
+    train.seed_everything(0)
+    x = torch.randn(32, 1, 4, 4)
+    y = torch.randint(0, 2, (32,))
+    y[8:] = -1
+    teacher, student = nn.Sequential(nn.Flatten(), nn.Linear(16, 2)), nn.Sequential(nn.Flatten(), nn.Linear(16, 2))
+    loader = data.BatchLoader(x, y, batch_size=8, shuffle=True)
+    history = distill.distill(student, distill.CachedTeacher(teacher, x), loader, alpha=0.5, ignore_index=-1,
+                              epochs=1, lr=1e-2, progress=False, device="cpu")
+    assert all(math.isfinite(v) for v in history.loss)
+
+
+def test_logit_matching_is_the_high_temperature_limit():
+    """Hinton 2015, section 2.1: T**2 * KL -> 0.5 * sum(centred z_s - centred z_t)**2 / classes, value and gradient."""
+    torch.manual_seed(0)
+    zs, zt = torch.randn(6, 10, dtype=torch.float64), 3 * torch.randn(6, 10, dtype=torch.float64)
+    zs.requires_grad_(True)
+    reference = 0.5 * F.mse_loss(zs - zs.mean(1, keepdim=True), zt - zt.mean(1, keepdim=True), reduction="sum") / 60
+    match = distill.logit_matching_loss(zs, zt)
+    assert match.item() == pytest.approx(reference.item(), rel=1e-12)
+    (g_match,) = torch.autograd.grad(match, zs)
+    errors = []
+    for T in (10.0, 100.0, 1000.0):
+        kd = distill.kd_loss(zs, zt, torch.zeros(6, dtype=torch.long), temperature=T, alpha=1.0)  # holds T**2
+        (g_kd,) = torch.autograd.grad(kd, zs)
+        errors.append(((g_kd - g_match).norm() / g_match.norm()).item())
+        assert kd.item() == pytest.approx(match.item(), rel=5 / T)
+    assert errors[0] > errors[1] > errors[2] and errors[2] < 1e-2, errors
+    assert distill.logit_matching_loss(zt + 5.0, zt).item() == pytest.approx(0.0, abs=1e-12)  # shift-invariant
+
+
+def test_hint_teacher_pool_matches_adaptive_avg_pool():
+    train.seed_everything(0)
+    x = torch.randn(4, 1, 8, 8)
+    teacher = nn.Sequential(nn.Conv2d(1, 3, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(192, 2))
+    student = nn.Sequential(nn.Flatten(), nn.Linear(64, 5), nn.ReLU(), nn.Linear(5, 2))
+    hinted = distill.HintedStudent(student, teacher, x, student_layer="1", teacher_layer="1", teacher_pool=2)
+    assert (hinted.regressor.in_features, hinted.regressor.out_features) == (5, 3 * 2 * 2)
+    hinted.train()
+    hinted(x)
+    _, feature, _ = hinted.hint_terms()
+    assert torch.allclose(feature, F.adaptive_avg_pool2d(teacher[1](teacher[0](x)), 2).flatten(1))
+    with pytest.raises(ValueError, match="teacher_pool needs a"):
+        distill.HintedStudent(student, teacher, x, student_layer="1", teacher_layer="3", teacher_pool=1)
+    assert not teacher[3]._forward_hooks  # hooks removed after the refusal
