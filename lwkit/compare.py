@@ -138,7 +138,7 @@ class Comparison:
             values = [r[k] / base[k] if r.get(k) else float("nan") for k in keys]
             bars = ax.bar(xs, [v - 1 for v in values], width, bottom=1, color=colours[i], hatch=hatches[i],
                           edgecolor="black", label=r["name"])  # each bar grows from 1x, up or down
-            ax.bar_label(bars, labels=[f"{v:.2g}x" if v == v else "" for v in values], fontsize=8, padding=2)
+            ax.bar_label(bars, labels=[f"{v:.3g}x" if v == v else "" for v in values], fontsize=8, padding=2)
         ax.axhline(1, color="black", lw=0.8, ls="--")
         ax.set_xticks(range(len(keys)), [labels[k] for k in keys])
         ax.set_yscale("log")
