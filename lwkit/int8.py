@@ -279,10 +279,14 @@ def compile_int8(model: nn.Module) -> nn.Module:
     """`torch.compile` with Inductor freezing (constant weights), what turns PT2E/torchao int8 into fast
     fused kernels. Compiles for fixed shapes: the first call per batch size takes seconds."""
     _check_model(model)
+    import torch._dynamo.config as dynamo_config
     import torch._inductor.config as inductor_config
 
     _filter_known_warnings()
     inductor_config.freezing = True
+    # one graph per batch size, and models that share a forward (an fp32 and a torchao copy of one class)
+    # share dynamo's per-function budget: past it dynamo silently falls back to eager, mid-benchmark
+    dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, 64)
     return torch.compile(model, dynamic=False)
 
 
