@@ -2,7 +2,7 @@
 
 Why PEFT exists at LLM scale is memory during training, not the deployed size. For one training step:
 
-* weights: every parameter, frozen or not (bytes = numel * element size);
+* weights: every parameter, frozen or not, and every buffer (bytes = numel * element size);
 * gradients: one tensor per *trainable* parameter;
 * optimiser states: AdamW keeps two (exp_avg, exp_avg_sq) per trainable parameter, SGD with momentum one;
 * activations: the tensors autograd saves for backward, counted with `torch.autograd.graph.saved_tensors_hooks`
@@ -26,7 +26,7 @@ OPTIMIZER_STATES = {"adam": 2, "sgd": 1, "sgd-no-momentum": 0}  # state tensors 
 class TrainingMemory:
     """Bytes held during one training step, by kind."""
 
-    weights: int  # all parameters
+    weights: int  # all parameters and buffers (a frozen 4-bit base is stored in buffers)
     gradients: int  # one per trainable parameter
     optimizer_states: int  # OPTIMIZER_STATES[optimizer] per trainable parameter
     activations: int  # tensors saved for backward by one forward pass (parameters excluded)
@@ -66,7 +66,8 @@ def training_memory(model: nn.Module, example_input: torch.Tensor, *, optimizer:
     if optimizer not in OPTIMIZER_STATES:
         raise ValueError(f"optimizer must be one of {sorted(OPTIMIZER_STATES)}, got {optimizer!r}")
     unique = {id(p): p for p in model.parameters()}.values()
-    weights = sum(p.numel() * p.element_size() for p in unique)
+    weights = sum(p.numel() * p.element_size() for p in unique) + sum(b.numel() * b.element_size()
+                                                                       for b in model.buffers())
     grads = sum(p.numel() * p.element_size() for p in unique if p.requires_grad)
     return TrainingMemory(weights=weights, gradients=grads, optimizer_states=OPTIMIZER_STATES[optimizer] * grads,
                           activations=_saved_activation_bytes(model, example_input))
