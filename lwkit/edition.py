@@ -128,7 +128,7 @@ def edition_problems(lang: str = "zh", notebooks: Path = NOTEBOOKS) -> list[str]
         raise ValueError(f"lang must be one of {LANGS}, got {lang!r}")
     problems = []
     folder = Path(notebooks) / lang
-    for path in sorted(Path(notebooks).glob("[0-9][0-9]_*.ipynb")):
+    for path in sorted(Path(notebooks).glob("[0-9][0-9]*_*.ipynb")):
         tr = folder / f"{path.stem}.md"
         if not tr.is_file():
             problems.append(f"{tr}: missing (python -m lwkit.edition {lang} --template writes one to translate)")
@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         print("\n".join(problems) if problems else f"{args.lang} edition complete and current")
         return 1 if problems else 0
     folder.mkdir(exist_ok=True)
-    for path in sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb")):
+    for path in sorted(NOTEBOOKS.glob("[0-9][0-9]*_*.ipynb")):
         nb = json.loads(path.read_text(encoding="utf-8"))
         tr = folder / f"{path.stem}.md"
         existing = parse_translation(tr.read_text(encoding="utf-8"), name=str(tr)) if tr.is_file() else {}

@@ -152,7 +152,7 @@ def build_guide(results_path: str | Path = ROOT / "build" / "results.json",
             results = json.loads(results_path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as exc:
             raise ValueError(f"results_path {results_path} is not valid JSON ({exc}); re-run `make run`") from exc
-    infos = [notebook_info(p, results) for p in sorted(notebooks_dir.glob("[0-9][0-9]_*.ipynb"))]
+    infos = [notebook_info(p, results) for p in sorted(notebooks_dir.glob("[0-9][0-9]*_*.ipynb"))]
     if not infos:
         raise ValueError(f"no notebooks (NN_name.ipynb) in {notebooks_dir}")
     env = (results or {}).get("environment", {})

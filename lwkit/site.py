@@ -75,7 +75,7 @@ def build_site(build: str | Path = ROOT / "build", out: str | Path | None = None
 
     build = Path(build)
     out = Path(out) if out is not None else build / "site"
-    notebooks = sorted(build.glob("[0-9][0-9]_*.ipynb"))
+    notebooks = sorted(build.glob("[0-9][0-9]*_*.ipynb"))
     if not notebooks:
         raise ValueError(f"build {build} holds no executed notebooks (NN_name.ipynb): run `make run` first")
     if out.resolve() == ROOT.resolve() or out.resolve() == (ROOT / "notebooks").resolve():

@@ -16,6 +16,8 @@ from lwkit.widgets import MARKERS, OKABE_ITO
 __all__ = ["sweep_points", "plot_batch_sweep"]
 
 _LINESTYLES = ("-", "--", "-.", ":")
+# Okabe-Ito without its yellow, which is hard to see as a thin line on white
+_COLOURS = tuple(c for c in OKABE_ITO if c.upper() != "#F0E442")
 
 
 def _check_table(table) -> list[int]:
@@ -60,11 +62,12 @@ def plot_batch_sweep(table, *, title: str = "Speed against batch size", unit: st
         raise TypeError(f"title and unit must be str, got {type(title).__name__} and {type(unit).__name__}")
     batches = _check_table(table)
     fig, axes = plt.subplots(1, 3, figsize=(14, 4.2))
+    ratios = [1.0]
     for i, r in enumerate(table.rows):
         p = sweep_points(table, r["name"])
         if not p["batch"]:
             continue
-        style = dict(color=OKABE_ITO[i % len(OKABE_ITO)], marker=MARKERS[i % len(MARKERS)],
+        style = dict(color=_COLOURS[i % len(_COLOURS)], marker=MARKERS[i % len(MARKERS)],
                      linestyle=_LINESTYLES[i % len(_LINESTYLES)], markersize=6)
         lo = [m - q for m, q in zip(p["ms"], p["q25"])]
         hi = [q - m for m, q in zip(p["ms"], p["q75"])]
@@ -73,8 +76,7 @@ def plot_batch_sweep(table, *, title: str = "Speed against batch size", unit: st
         sp = [(b, s) for b, s in zip(p["batch"], p["speedup"]) if s is not None and s > 0]
         if sp and r["name"] != table.baseline:  # the baseline is the dotted line at 1
             axes[2].plot([b for b, _ in sp], [s for _, s in sp], **style)
-            axes[2].annotate(f" {r['name']}", (sp[-1][0], sp[-1][1]), fontsize=8, va="center",
-                             color=style["color"])
+            ratios += [s for _, s in sp]
     axes[2].axhline(1.0, color="grey", linewidth=1, linestyle=":")
     axes[2].text(batches[0], 1.0, f" {table.baseline}", fontsize=8, va="bottom", color="grey")
     labels = (("ms per batch (median, bars: 25th-75th pct)", "log"), (f"{unit} per second", "log"),
@@ -86,13 +88,19 @@ def plot_batch_sweep(table, *, title: str = "Speed against batch size", unit: st
         ax.set_xlabel("batch size")
         ax.set_ylabel(ylabel)
         ax.grid(True, which="major", alpha=0.3)
-    axes[2].yaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
-    axes[2].yaxis.set_minor_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
-    axes[0].legend(fontsize=8)
+    # speedup ticks at powers of two that span the data, no minor labels
+    lo, hi = min(ratios), max(ratios)
+    ticks = [2.0 ** k for k in range(-8, 9) if lo / 2 <= 2.0 ** k <= hi * 2]
+    axes[2].set_yticks(ticks, [f"{t:g}" for t in ticks])
+    for ax in axes:
+        ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    handles, names = axes[0].get_legend_handles_labels()
+    fig.legend(handles, names, loc="lower center", ncol=min(len(names), 4), fontsize=8, frameon=False)
     axes[0].set_title("latency per call")
     axes[1].set_title("throughput")
     axes[2].set_title("speedup (above the dotted line = faster)")
     threads = f", {table.threads} threads" if getattr(table, "threads", None) else ""
     fig.suptitle(f"{title}{threads}")
-    fig.tight_layout()
+    rows_of_legend = -(-len(names) // 4)
+    fig.tight_layout(rect=(0, 0.06 * rows_of_legend, 1, 1))
     plt.show()

@@ -58,7 +58,7 @@ def test_template_keeps_existing_translations():
 def test_zh_edition_is_complete_and_its_code_is_the_english_code():
     problems = edition.edition_problems("zh")
     assert not problems, "\n".join(problems)
-    for en in sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")):
+    for en in sorted((ROOT / "notebooks").glob("[0-9][0-9]*_*.ipynb")):
         zh = ROOT / "notebooks" / "zh" / en.name
         a, b = json.loads(en.read_text()), json.loads(zh.read_text())
         code = [(c["source"], c.get("metadata", {}).get("tags")) for c in a["cells"] if c["cell_type"] == "code"]
