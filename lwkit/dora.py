@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from lwkit import peft
-from lwkit.peft import _check_disjoint, _check_rank_alpha, _lookup, _restore_on_error, _swap
+from lwkit.peft import _check_disjoint, _check_rank_alpha, _linear_with, _lookup, _restore_on_error, _swap
 
 __all__ = ["DoRALinear", "add_dora", "hf_peft"]
 
@@ -53,14 +53,8 @@ class DoRALinear(nn.Module):
     @torch.no_grad()
     def merge(self) -> nn.Linear:
         """A plain nn.Linear with weight m * (W + s B A) / ||W + s B A||_row."""
-        base = self.base
-        merged = nn.Linear(base.in_features, base.out_features, bias=base.bias is not None,
-                           device=base.weight.device, dtype=base.weight.dtype)
-        w = base.weight + self.scaling * self.lora_B @ self.lora_A
-        merged.weight.copy_((self.magnitude / torch.linalg.norm(w, dim=1))[:, None] * w)
-        if base.bias is not None:
-            merged.bias.copy_(base.bias)
-        return merged
+        w = self.base.weight + self.scaling * self.lora_B @ self.lora_A
+        return _linear_with(self.base, (self.magnitude / torch.linalg.norm(w, dim=1))[:, None] * w)
 
     def extra_repr(self) -> str:
         return f"rank={self.rank}, alpha={self.alpha:g}, scaling={self.scaling:g}"

@@ -135,6 +135,21 @@ def fusable_groups(model: nn.Module) -> list[list[str]]:
     return groups
 
 
+def _prepare_eager(model: nn.Module, backend: str, *, qat: bool) -> nn.Module:
+    """A fused, stubbed copy of `model` with torch.ao's default (QAT) qconfig for `backend`, observers in place."""
+    from torch.ao import quantization as tq
+
+    torch.backends.quantized.engine = backend
+    float_model = copy.deepcopy(model).cpu().train(qat)
+    groups = fusable_groups(float_model)
+    if groups:
+        (tq.fuse_modules_qat if qat else tq.fuse_modules)(float_model, groups, inplace=True)
+    wrapped = _Stubbed(float_model).train(qat)
+    wrapped.qconfig = (tq.get_default_qat_qconfig if qat else tq.get_default_qconfig)(backend)
+    (tq.prepare_qat if qat else tq.prepare)(wrapped, inplace=True)
+    return wrapped
+
+
 def eager_static_int8(model: nn.Module, calibration_data, *, backend: str = "x86",
                       num_batches: int | None = 8) -> nn.Module:
     """Static int8 with torch.ao's eager flow: fuse conv-bn-relu, observe activations, convert.
@@ -149,14 +164,7 @@ def eager_static_int8(model: nn.Module, calibration_data, *, backend: str = "x86
     with _quiet_deprecation():
         from torch.ao import quantization as tq
 
-        torch.backends.quantized.engine = backend
-        float_model = copy.deepcopy(model).cpu().eval()
-        groups = fusable_groups(float_model)
-        if groups:
-            tq.fuse_modules(float_model, groups, inplace=True)
-        wrapped = _Stubbed(float_model).eval()
-        wrapped.qconfig = tq.get_default_qconfig(backend)
-        tq.prepare(wrapped, inplace=True)
+        wrapped = _prepare_eager(model, backend, qat=False)
         with torch.no_grad():
             for x in _calibration_batches(calibration_data, num_batches):
                 wrapped(x)

@@ -16,7 +16,7 @@ import copy
 import torch
 from torch import nn
 
-from lwkit.int8 import _check_model, _quiet_deprecation, _Stubbed, fusable_groups, supported_engines
+from lwkit.int8 import _check_model, _prepare_eager, _quiet_deprecation, supported_engines
 
 __all__ = ["prepare_eager_qat", "convert_eager_qat", "inspect_int8"]
 
@@ -32,17 +32,7 @@ def prepare_eager_qat(model: nn.Module, *, backend: str = "x86") -> nn.Module:
     if not isinstance(backend, str) or backend not in supported_engines():
         raise ValueError(f"backend must be one of this build's engines {supported_engines()}, got {backend!r}")
     with _quiet_deprecation():
-        from torch.ao import quantization as tq
-
-        torch.backends.quantized.engine = backend
-        float_model = copy.deepcopy(model).cpu().train()
-        groups = fusable_groups(float_model)
-        if groups:
-            tq.fuse_modules_qat(float_model, groups, inplace=True)
-        wrapped = _Stubbed(float_model).train()
-        wrapped.qconfig = tq.get_default_qat_qconfig(backend)
-        tq.prepare_qat(wrapped, inplace=True)
-    return wrapped
+        return _prepare_eager(model, backend, qat=True)
 
 
 def convert_eager_qat(model: nn.Module) -> nn.Module:

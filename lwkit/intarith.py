@@ -114,12 +114,8 @@ def quantize_bias(bias: torch.Tensor, s_x, s_w) -> torch.Tensor:
     return q.to(torch.int64)
 
 
-def zero_point_terms(q_x: torch.Tensor, z_x, q_w: torch.Tensor, z_w) -> dict[str, torch.Tensor]:
-    """The four terms of sum_i (q_w,i - z_w)(q_x,i - z_x) for q_x (n, k) and q_w (out, k), each (n, out).
-
-    'qw_qx' is the integer matmul; 'zx_sum_w' (-z_x sum_i q_w,i) depends only on the weights: offline, into
-    the bias; 'zw_sum_x' (-z_w sum_i q_x,i) depends on the input: computed for every input at run time;
-    'constant' is k z_x z_w. They add up to the accumulator without zero points."""
+def _check_linear_codes(q_x, z_x, q_w, z_w):
+    """q_x (n, k) and q_w (out, k) integer codes, one z_x, and one z_w or one per output row."""
     q_x, q_w = _check_int_tensor("q_x", q_x), _check_int_tensor("q_w", q_w)
     if q_x.dim() != 2 or q_w.dim() != 2 or q_x.shape[1] != q_w.shape[1]:
         raise ValueError(f"q_x must be (n, k) and q_w (out, k) with the same k, got {tuple(q_x.shape)} and "
@@ -128,6 +124,16 @@ def zero_point_terms(q_x: torch.Tensor, z_x, q_w: torch.Tensor, z_w) -> dict[str
     if z_x.dim():
         raise ValueError(f"z_x must be one zero point (per tensor), got shape {tuple(z_x.shape)}")
     z_w = _check_zp("z_w", z_w, q_w.shape[0])
+    return q_x, z_x, q_w, z_w
+
+
+def zero_point_terms(q_x: torch.Tensor, z_x, q_w: torch.Tensor, z_w) -> dict[str, torch.Tensor]:
+    """The four terms of sum_i (q_w,i - z_w)(q_x,i - z_x) for q_x (n, k) and q_w (out, k), each (n, out).
+
+    'qw_qx' is the integer matmul; 'zx_sum_w' (-z_x sum_i q_w,i) depends only on the weights: offline, into
+    the bias; 'zw_sum_x' (-z_w sum_i q_x,i) depends on the input: computed for every input at run time;
+    'constant' is k z_x z_w. They add up to the accumulator without zero points."""
+    q_x, z_x, q_w, z_w = _check_linear_codes(q_x, z_x, q_w, z_w)
     (n, k), out = q_x.shape, q_w.shape[0]
     return {"qw_qx": q_x @ q_w.T,
             "zx_sum_w": (-z_x * q_w.sum(1)).expand(n, out),
@@ -150,14 +156,7 @@ def _accumulate(q_x, z_x, q_w, z_w, bias_q) -> torch.Tensor:
 def int_linear(q_x: torch.Tensor, z_x, q_w: torch.Tensor, z_w, bias_q: torch.Tensor | None, m0, shift, z_y,
                qmin: int = 0, qmax: int = 255) -> torch.Tensor:
     """Integer-only Linear: q_x (n, k) uint8 codes, q_w (out, k) int8 codes -> q_y (n, out) codes in [qmin, qmax]."""
-    q_x, q_w = _check_int_tensor("q_x", q_x), _check_int_tensor("q_w", q_w)
-    if q_x.dim() != 2 or q_w.dim() != 2 or q_x.shape[1] != q_w.shape[1]:
-        raise ValueError(f"q_x must be (n, k) and q_w (out, k) with the same k, got {tuple(q_x.shape)} and "
-                         f"{tuple(q_w.shape)}")
-    z_x = _check_zp("z_x", z_x)
-    if z_x.dim():
-        raise ValueError(f"z_x must be one zero point (per tensor), got shape {tuple(z_x.shape)}")
-    z_w = _check_zp("z_w", z_w, q_w.shape[0])
+    q_x, z_x, q_w, z_w = _check_linear_codes(q_x, z_x, q_w, z_w)
     acc = _accumulate(q_x, z_x, q_w, z_w, bias_q)
     return requantize(acc, m0, shift, z_y, qmin, qmax)
 

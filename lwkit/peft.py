@@ -165,6 +165,16 @@ def _check_rank_alpha(rank, alpha, in_features: int, out_features: int, where: s
         raise ValueError(f"alpha must be a finite number > 0, got {alpha!r}")
 
 
+def _linear_with(base: nn.Linear, weight: torch.Tensor) -> nn.Linear:
+    """A plain nn.Linear shaped like `base`, holding `weight` and `base`'s bias (what merging gives back)."""
+    merged = nn.Linear(base.in_features, base.out_features, bias=base.bias is not None,
+                       device=base.weight.device, dtype=base.weight.dtype)
+    merged.weight.copy_(weight)
+    if base.bias is not None:
+        merged.bias.copy_(base.bias)
+    return merged
+
+
 class LoRALinear(nn.Module):
     """A frozen `nn.Linear` plus a trainable low-rank update: y = base(x) + scaling * x A^T B^T.
 
@@ -197,13 +207,7 @@ class LoRALinear(nn.Module):
     @torch.no_grad()
     def merge(self) -> nn.Linear:
         """A plain nn.Linear with weight W + scaling * B A: same outputs, no extra cost at inference."""
-        base = self.base
-        merged = nn.Linear(base.in_features, base.out_features, bias=base.bias is not None,
-                           device=base.weight.device, dtype=base.weight.dtype)
-        merged.weight.copy_(base.weight + self.delta_weight())
-        if base.bias is not None:
-            merged.bias.copy_(base.bias)
-        return merged
+        return _linear_with(self.base, self.base.weight + self.delta_weight())
 
     def extra_repr(self) -> str:
         return f"rank={self.rank}, alpha={self.alpha:g}, scaling={self.scaling:g}"
