@@ -65,3 +65,12 @@ def test_zh_edition_is_complete_and_its_code_is_the_english_code():
         assert code == [(c["source"], c.get("metadata", {}).get("tags")) for c in b["cells"]
                         if c["cell_type"] == "code"], f"{zh.name}: code differs from the English edition"
         assert [c["cell_type"] for c in a["cells"]] == [c["cell_type"] for c in b["cells"]]
+
+
+def test_zh_notebooks_keep_the_summary_and_exercises_headings():
+    """Tools that find a notebook's Summary and Exercises (the guide, student copies) look for these headings."""
+    for zh in sorted((ROOT / "notebooks" / "zh").glob("[0-9][0-9]*_*.ipynb")):
+        heads = [line for c in json.loads(zh.read_text())["cells"] if c["cell_type"] == "markdown"
+                 for line in "".join(c["source"]).splitlines() if line.startswith("## ")]
+        assert any(h.startswith("## Summary") for h in heads), f"{zh.name}: no '## Summary' heading"
+        assert any(h.startswith("## Exercises") for h in heads), f"{zh.name}: no '## Exercises' heading"
