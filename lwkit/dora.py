@@ -18,8 +18,7 @@ from types import ModuleType
 import torch
 from torch import nn
 
-from lwkit import peft
-from lwkit.peft import _check_disjoint, _check_rank_alpha, _linear_with, _lookup, _restore_on_error, _swap
+from lwkit.peft import _check_rank_alpha, _linear_with, _wrap_linears
 
 __all__ = ["DoRALinear", "add_dora", "hf_peft"]
 
@@ -63,18 +62,8 @@ class DoRALinear(nn.Module):
 def add_dora(model: nn.Module, targets: Sequence[str], *, rank: int = 4, alpha: float = 8.0,
              keep_trainable: Sequence[str] = ()) -> nn.Module:
     """Freeze `model` and wrap each nn.Linear named in `targets` in a DoRALinear (in place), as add_lora."""
-    found = _lookup(model, targets, arg="targets", kind=nn.Linear, what="nn.Linear", allow_empty=False)
-    keep = _lookup(model, keep_trainable, arg="keep_trainable", what="module")
-    _check_disjoint([n for n, _ in found], [n for n, _ in keep])
-    for name, linear in found:
-        _check_rank_alpha(rank, alpha, linear.in_features, linear.out_features, where=f"{name!r}, ")
-    with _restore_on_error(model) as log:
-        peft.freeze(model)
-        for name, linear in found:
-            _swap(model, name, DoRALinear(linear, rank=rank, alpha=alpha), log)
-        for _, module in keep:
-            module.requires_grad_(True)
-    return model
+    return _wrap_linears(model, targets, rank, alpha, keep_trainable,
+                         lambda linear: DoRALinear(linear, rank=rank, alpha=alpha))
 
 
 def hf_peft() -> ModuleType | None:

@@ -220,6 +220,13 @@ def add_lora(model: nn.Module, targets: Sequence[str], *, rank: int = 4, alpha: 
     Every target, the rank (an int in [1, min(in, out)] for each target), alpha (finite, > 0) and
     `keep_trainable` are checked first; if anything fails part-way the model is put back unchanged.
     """
+    return _wrap_linears(model, targets, rank, alpha, keep_trainable,
+                         lambda linear: LoRALinear(linear, rank=rank, alpha=alpha))
+
+
+def _wrap_linears(model: nn.Module, targets, rank, alpha, keep_trainable, wrap) -> nn.Module:
+    """Check every target, rank/alpha and keep_trainable, then freeze `model` and replace each target nn.Linear
+    by `wrap(linear)` (LoRA, DoRA, QLoRA), restoring the model if anything fails part-way."""
     found = _lookup(model, targets, arg="targets", kind=nn.Linear, what="nn.Linear", allow_empty=False)
     keep = _lookup(model, keep_trainable, arg="keep_trainable", what="module")
     _check_disjoint([n for n, _ in found], [n for n, _ in keep])
@@ -228,7 +235,7 @@ def add_lora(model: nn.Module, targets: Sequence[str], *, rank: int = 4, alpha: 
     with _restore_on_error(model) as log:
         freeze(model)
         for name, linear in found:
-            _swap(model, name, LoRALinear(linear, rank=rank, alpha=alpha), log)
+            _swap(model, name, wrap(linear), log)
         for _, module in keep:
             module.requires_grad_(True)
     return model

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lwkit import peft, quant
-from lwkit.peft import _check_disjoint, _check_rank_alpha, _lookup, _restore_on_error, _swap
+from lwkit.peft import _lookup, _restore_on_error, _swap, _wrap_linears
 
 __all__ = ["NF4", "LEVELS", "Linear4bit", "quantize_base", "add_qlora"]
 
@@ -141,17 +141,10 @@ def add_qlora(model: nn.Module, targets: Sequence[str], *, rank: int = 4, alpha:
               keep_trainable: Sequence[str] = (), group_size: int = 64, levels: str = "nf4",
               double_quant: bool = False) -> nn.Module:
     """Freeze `model`, store each target nn.Linear in 4 bits and wrap it in a LoRALinear (in place)."""
-    found = _lookup(model, targets, arg="targets", kind=nn.Linear, what="nn.Linear", allow_empty=False)
-    keep = _lookup(model, keep_trainable, arg="keep_trainable", what="module")
-    _check_disjoint([n for n, _ in found], [n for n, _ in keep])
     _check_options(group_size, levels, double_quant)
-    for name, linear in found:
-        _check_rank_alpha(rank, alpha, linear.in_features, linear.out_features, where=f"{name!r}, ")
-    with _restore_on_error(model) as log:
-        peft.freeze(model)
-        for name, linear in found:
-            q = Linear4bit(linear, group_size=group_size, levels=levels, double_quant=double_quant)
-            _swap(model, name, peft.LoRALinear(q, rank=rank, alpha=alpha), log)
-        for _, module in keep:
-            module.requires_grad_(True)
-    return model
+
+    def wrap(linear: nn.Linear) -> nn.Module:
+        q = Linear4bit(linear, group_size=group_size, levels=levels, double_quant=double_quant)
+        return peft.LoRALinear(q, rank=rank, alpha=alpha)
+
+    return _wrap_linears(model, targets, rank, alpha, keep_trainable, wrap)
