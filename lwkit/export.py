@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import os
 import tempfile
+import warnings
 from pathlib import Path
 
 import torch
@@ -31,26 +32,42 @@ from lwkit._runtime import (
     _trace_inputs,
 )
 
-__all__ = ["export_onnx", "quantize_onnx_dynamic", "quantize_onnx_static", "export_pte"]
+__all__ = ["EXPORTERS", "export_onnx", "quantize_onnx_dynamic", "optimize_onnx_transformer", "quantize_onnx_static",
+           "export_pte"]
 
 
 # ---------------------------------------------------------------------------------------------------------
 # ONNX and ONNX Runtime
 
 
-def export_onnx(model: nn.Module, example_input, path, *, dynamic_batch: bool = True,
-                input_names: list[str] | None = None, opset: int | None = None,
+EXPORTERS = ("dynamo", "torchscript")
+
+
+def export_onnx(model: nn.Module, example_input, path, *, dynamic_batch: bool = True, dynamic_seq: bool = False,
+                input_names: list[str] | None = None, opset: int | None = None, exporter: str = "dynamo",
                 overwrite: bool = False) -> Path:
-    """Export `model` (eval mode, a copy) to a single fp32 `.onnx` file with torch.onnx's torch.export path.
+    """Export `model` (eval mode, a copy) to a single fp32 `.onnx` file.
 
     `example_input`: a tensor, a tuple of tensors, or a dict name -> tensor (keyword inputs, e.g. a
-    transformers model's `input_ids` / `attention_mask`). With `dynamic_batch` the file accepts any batch.
+    transformers model's `input_ids` / `attention_mask`). With `dynamic_batch` the file accepts any batch;
+    with `dynamic_seq` also any length along dim 1 of every input (token sequences).
+    `exporter`: "dynamo" (torch.onnx's torch.export path, the default) or "torchscript" (the older tracer,
+    deprecated in torch but still shipped: its graph of a BERT layer is the one ONNX Runtime's transformer
+    optimizer recognises and fuses, see `optimize_onnx_transformer`).
     """
     _check_model(model)
     args, kwargs = _check_inputs(example_input)
     path = _check_out_path(path, ".onnx", overwrite)
     if opset is not None and (isinstance(opset, bool) or not isinstance(opset, int) or not 17 <= opset <= 23):
         raise ValueError(f"opset must be None or an int in [17, 23] (what the exporter supports), got {opset!r}")
+    if exporter not in EXPORTERS:
+        raise ValueError(f"exporter must be one of {EXPORTERS}, got {exporter!r}")
+    for flag, value in (("dynamic_batch", dynamic_batch), ("dynamic_seq", dynamic_seq)):
+        if not isinstance(value, bool):
+            raise TypeError(f"{flag} must be True or False, got {value!r}")
+    if dynamic_seq and any(t.dim() < 2 for t in list(args) + list(kwargs.values())):
+        raise ValueError("dynamic_seq=True needs every input to have a dim 1 (batch, sequence, ...), got shapes "
+                         f"{[tuple(t.shape) for t in list(args) + list(kwargs.values())]}")
     names = list(kwargs) if kwargs else [f"input_{i}" for i in range(len(args))] if len(args) > 1 else ["x"]
     if input_names is not None:
         if (not isinstance(input_names, (list, tuple)) or len(input_names) != len(names)
@@ -60,17 +77,29 @@ def export_onnx(model: nn.Module, example_input, path, *, dynamic_batch: bool = 
     _require("onnx", "ONNX export")
     _require("onnxscript", "ONNX export")
     model = copy.deepcopy(model).cpu().eval()
-    t_args, t_kwargs = _trace_inputs(args, kwargs, dynamic_batch)
+    t_args, t_kwargs = _trace_inputs(args, kwargs, dynamic_batch or dynamic_seq)
     tmp = path.with_name(path.name + ".partial")
     try:
-        with _quiet(), _native_stderr("ONNX export", "export"):
-            torch.onnx.export(model, t_args, str(tmp), kwargs=t_kwargs or None, dynamo=True, verbose=False,
-                              external_data=False, input_names=names if not kwargs else None,
-                              output_names=["output"], opset_version=opset,
-                              dynamic_shapes=_dynamic_shapes(t_args, t_kwargs, dynamic_batch, None))
+        with _quiet(), warnings.catch_warnings(), _native_stderr("ONNX export", "export"):
+            if exporter == "torchscript":  # the tracer's TracerWarnings are Warning, not UserWarning
+                warnings.simplefilter("ignore")
+                axes = {0: "batch"} if dynamic_batch else {}
+                axes.update({1: "sequence"} if dynamic_seq else {})
+                torch.onnx.export(model, tuple(t_args) + ((t_kwargs,) if t_kwargs else ()), str(tmp), dynamo=False,
+                                  input_names=names, output_names=["output"], opset_version=opset or 17,
+                                  dynamic_axes={n: dict(axes) for n in names} | {"output": {0: "batch"}}
+                                  if axes else None)
+            else:
+                shapes = _dynamic_shapes(t_args, t_kwargs, dynamic_batch, None)
+                if dynamic_seq:
+                    seq = torch.export.Dim("sequence", min=2, max=4096)
+                    shapes = _with_seq(shapes, t_args, t_kwargs, seq)
+                torch.onnx.export(model, t_args, str(tmp), kwargs=t_kwargs or None, dynamo=True, verbose=False,
+                                  external_data=False, input_names=names if not kwargs else None,
+                                  output_names=["output"], opset_version=opset, dynamic_shapes=shapes)
     except Exception as exc:
         tmp.unlink(missing_ok=True)
-        raise _export_error("ONNX (torch.onnx.export, dynamo)", exc,
+        raise _export_error(f"ONNX (torch.onnx.export, {exporter})", exc,
                             "replace or rewrite that op (a custom op without an ONNX translation, a custom autograd.Function or data-dependent "
                             "Python control flow cannot be exported), try opset=20, or export with "
                             "dynamic_batch=False") from exc
@@ -78,20 +107,80 @@ def export_onnx(model: nn.Module, example_input, path, *, dynamic_batch: bool = 
     return path
 
 
-def quantize_onnx_dynamic(fp32_path, out_path, *, per_channel: bool = True, overwrite: bool = False) -> Path:
-    """Dynamic int8 with ONNX Runtime: int8 weights for MatMul/Gemm (and friends), activations quantized
-    per batch at run time. No calibration; the usual choice for Linear-heavy models (MLPs, transformers)."""
+def quantize_onnx_dynamic(fp32_path, out_path, *, per_channel: bool = True, embeddings: bool = False,
+                          overwrite: bool = False) -> Path:
+    """Dynamic int8 with ONNX Runtime: int8 weights for MatMul/Gemm and fused Attention, activations
+    quantized per batch at run time. No calibration; the usual choice for Linear-heavy models (MLPs,
+    transformers). `embeddings=True` also stores embedding tables in int8 (`Gather`, and ONNX Runtime's
+    fused `EmbedLayerNormalization`): the file shrinks, the speed hardly changes (a lookup has no MACs).
+    A graph fused by `optimize_onnx_transformer` is quantized as it is (its contrib ops defeat ONNX's
+    shape inference, so the pre-processing pass is skipped for it)."""
     fp32_path = _check_in_path(fp32_path, (".onnx",), "fp32_path")
     out_path = _check_out_path(out_path, ".onnx", overwrite, "out_path")
-    if not isinstance(per_channel, bool):
-        raise TypeError(f"per_channel must be True or False, got {per_channel!r}")
+    for flag, value in (("per_channel", per_channel), ("embeddings", embeddings)):
+        if not isinstance(value, bool):
+            raise TypeError(f"{flag} must be True or False, got {value!r}")
     q = _require("onnxruntime.quantization", "ONNX Runtime quantization")
+    onnx = _require("onnx", "ONNX Runtime quantization")
+    ops = ["MatMul", "Gemm", "Attention"] + (["Gather", "EmbedLayerNormalization"] if embeddings else [])
+    fused = any(n.domain == "com.microsoft" for n in onnx.load(str(fp32_path), load_external_data=False).graph.node)
     with tempfile.TemporaryDirectory() as folder, _quiet():
-        pre = Path(folder) / "pre.onnx"
-        q.shape_inference.quant_pre_process(str(fp32_path), str(pre))
-        q.quantize_dynamic(str(pre), str(out_path), per_channel=per_channel, weight_type=q.QuantType.QInt8,
-                           op_types_to_quantize=["MatMul", "Gemm", "Attention"])
+        source = fp32_path
+        if not fused:
+            source = Path(folder) / "pre.onnx"
+            q.shape_inference.quant_pre_process(str(fp32_path), str(source))
+        partial = out_path.with_name(out_path.stem + ".partial.onnx")  # never a half-written out_path
+        try:
+            q.quantize_dynamic(str(source), str(partial), per_channel=per_channel, weight_type=q.QuantType.QInt8,
+                               op_types_to_quantize=ops,
+                               extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT} if fused else None)
+        except Exception:
+            partial.unlink(missing_ok=True)
+            raise
+        os.replace(partial, out_path)
     return out_path
+
+
+def _with_seq(shapes, args: tuple, kwargs: dict, seq):
+    """Add a dynamic dim 1 to torch.export dynamic_shapes built by _dynamic_shapes (or None)."""
+    if kwargs:
+        return {k: {**((shapes or {}).get(k) or {}), 1: seq} for k in kwargs}
+    return tuple({**((shapes[i] if shapes else None) or {}), 1: seq} for i in range(len(args)))
+
+
+def optimize_onnx_transformer(fp32_path, out_path, *, num_heads: int, hidden_size: int, model_type: str = "bert",
+                              overwrite: bool = False) -> tuple[Path, dict[str, int]]:
+    """ONNX Runtime's transformer optimizer: fuse each layer's attention into one `Attention` op, the
+    embeddings + LayerNorm into `EmbedLayerNormalization`, residual + LayerNorm into `SkipLayerNormalization`
+    and bias + GELU into `BiasGelu` (contrib ops with hand-written CPU kernels). Still fp32: this is the fair
+    "best fp32 runtime" baseline, and what `quantize_onnx_dynamic` should quantize. Returns the path and the
+    count of each fused op; fusion needs the graph `export_onnx(..., exporter="torchscript")` writes (the
+    dynamo exporter's attention is not recognised) of a model whose attention is the plain matmul-softmax one
+    (transformers: `set_attn_implementation("eager")`, not SDPA); raises ValueError if no attention was fused."""
+    fp32_path = _check_in_path(fp32_path, (".onnx",), "fp32_path")
+    out_path = _check_out_path(out_path, ".onnx", overwrite, "out_path")
+    for name, value in (("num_heads", num_heads), ("hidden_size", hidden_size)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+    if hidden_size % num_heads:
+        raise ValueError(f"hidden_size ({hidden_size}) must be a multiple of num_heads ({num_heads})")
+    if model_type not in ("bert",):
+        raise ValueError(f"model_type must be 'bert' (BERT, MiniLM and their relatives), got {model_type!r}")
+    optimizer = _require("onnxruntime.transformers.optimizer", "ONNX Runtime's transformer optimizer")
+    with _quiet(), _native_stderr("ONNX Runtime", "transformer optimization"):
+        model = optimizer.optimize_model(str(fp32_path), model_type=model_type, num_heads=num_heads,
+                                         hidden_size=hidden_size, opt_level=0)
+        fused = {k: v for k, v in model.get_fused_operator_statistics().items() if v}
+    if not fused.get("Attention"):
+        raise ValueError(f"no attention was fused in {fp32_path.name} (fused: {fused or 'nothing'}): export it "
+                         f"with export_onnx(..., exporter='torchscript') from a transformers model using its "
+                         f"plain attention (model.set_attn_implementation('eager') on a copy: SDPA's graph is "
+                         f"not recognised), and check num_heads={num_heads} and hidden_size={hidden_size}")
+    partial = out_path.with_name(out_path.name + ".partial")
+    with _quiet():
+        model.save_model_to_file(str(partial))
+    os.replace(partial, out_path)
+    return out_path, fused
 
 
 class _Reader:

@@ -371,7 +371,9 @@ PRETRAINED: dict[str, str] = {
 
 # Shipped pruned models: name -> (base variant, fraction of hidden channels removed, fine-tuning recipe).
 # Made by `python scripts/train_mobilenet.py pruned50`: the shipped base, `prune_hidden`, then fine-tuned.
-PRUNED_VARIANTS = {"pruned50": ("mobilenet", 0.5, {"epochs": 8, "lr": 2e-3, "seed": 0})}
+PRUNED_VARIANTS = {"pruned50": ("mobilenet", 0.5, {"epochs": 8, "lr": 2e-3, "seed": 0}),
+                   "pruned70": ("mobilenet", 0.7, {"epochs": 8, "lr": 2e-3, "seed": 0}),
+                   "pruned75": ("mobilenet", 0.75, {"epochs": 8, "lr": 2e-3, "seed": 0})}
 
 
 def pretrained(variant: str = "mobilenet") -> MobileNet:
