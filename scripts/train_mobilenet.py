@@ -4,8 +4,9 @@
     python scripts/train_mobilenet.py --full          # on the full 60k Fashion-MNIST (apt: dataset-fashion-mnist)
     python scripts/train_mobilenet.py mobilenet twin  # some variants only
     python scripts/train_mobilenet.py pruned50        # the shipped base, 50 % hidden channels pruned, fine-tuned
+    python scripts/train_mobilenet.py pruned70        # the same with 70 % pruned
 
-Each checkpoint is a state_dict stored in float16 (half the bytes: all six files together stay under 4 MB;
+Each checkpoint is a state_dict stored in float16 (half the bytes: all seven files together stay under 4 MB;
 `lwkit.models.pretrained` loads them back into float32 weights-only) with a JSON sidecar holding its
 SHA-256, the recipe and the float32 test accuracy measured before the cast. The SHA-256 of the shipped files is also pinned in `lwkit.models.PRETRAINED`, which the notebook
 checks. An existing file is never overwritten unless --overwrite is given.

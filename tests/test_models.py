@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from lwkit import measure, models
+from lwkit import data, measure, models
 
 
 def test_lenet_300_100_shape_and_params():
@@ -171,3 +171,16 @@ def test_shipped_pruned_mobilenet_is_the_base_with_half_its_hidden_channels():
     kept = [b.hidden_channels for b in pruned.blocks()]
     assert all(k < h for k, h in zip(kept[1:], hidden[1:])) and sum(kept) <= 0.55 * sum(hidden), (hidden, kept)
     assert measure.count_params(pruned) < 0.75 * measure.count_params(base)
+
+
+def test_shipped_pruned70_keeps_30_percent_of_hidden_channels_and_its_sidecar_matches():
+    import json
+
+    base, pruned = models.pretrained("mobilenet"), models.pretrained("pruned70")
+    hidden = [b.hidden_channels for b in base.blocks()]
+    kept = [b.hidden_channels for b in pruned.blocks()]
+    assert all(k < h for k, h in zip(kept[1:], hidden[1:])) and sum(kept[1:]) <= 0.31 * sum(hidden[1:]), (hidden, kept)
+    for variant in models.PRUNED_VARIANTS:
+        meta = json.loads((data.data_dir() / f"mobilenet_{variant}.json").read_text())
+        assert meta["sha256"] == models.PRETRAINED[variant]
+        assert meta["meta"]["kwargs"]["hidden_sparsity"] == models.PRUNED_VARIANTS[variant][1]
