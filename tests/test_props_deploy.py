@@ -13,13 +13,14 @@ from lwkit import data, deploy, drift, robust
 
 COVERED = {
     "lwkit.export.export_onnx", "lwkit.export.quantize_onnx_dynamic", "lwkit.export.quantize_onnx_static",
-    "lwkit.export.export_pte", "lwkit.deploy.load", "lwkit.deploy.measure", "lwkit.deploy.file_size_bytes",
+    "lwkit.export.export_pte", "lwkit.export.optimize_onnx_transformer", "lwkit.deploy.load", "lwkit.deploy.measure", "lwkit.deploy.file_size_bytes",
     "lwkit.robust.fgsm", "lwkit.robust.pgd", "lwkit.robust.attack", "lwkit.robust.attack_accuracy",
     "lwkit.drift.confidence", "lwkit.drift.prediction_histogram", "lwkit.drift.total_variation",
     "lwkit.drift.shift", "lwkit.drift.DriftMonitor",
 }
 EXEMPT = {
     "lwkit.deploy.RUNTIMES": "a constant tuple",
+    "lwkit.export.EXPORTERS": "a constant tuple (export_onnx's exporter choices, checked in its property test)",
     "lwkit.deploy.DeployError": "an exception class",
     "lwkit.deploy.Runner": "built by deploy.load, which is covered; its call checks are in test_deploy.py",
     "lwkit.deploy.DeployTable": "built by deploy.measure, which is covered",
@@ -210,3 +211,33 @@ def test_monitor_fit_arguments(window, false_alarm):
         drift.DriftMonitor.fit(logits, window=window)
     with pytest.raises(ValueError, match="false_alarm"):
         drift.DriftMonitor.fit(logits, window=50, false_alarm=false_alarm)
+
+
+@FAST
+@given(exporter=st.one_of(st.text(max_size=8).filter(lambda t: t not in ("dynamo", "torchscript")), st.none(),
+                          st.integers()),
+       flag=st.one_of(st.none(), st.integers(), st.text(max_size=2)))
+def test_exporter_and_dynamic_flags_are_checked_before_any_export(tmp_path_factory, exporter, flag):
+    folder = tmp_path_factory.mktemp("x")
+    with pytest.raises(ValueError, match="exporter must be one of"):
+        deploy.export_onnx(TINY, X, folder / "m.onnx", exporter=exporter)
+    with pytest.raises(TypeError, match="dynamic_seq"):
+        deploy.export_onnx(TINY, X, folder / "m.onnx", dynamic_seq=flag)
+    assert not list(folder.iterdir())
+
+
+@FAST
+@given(heads=st.one_of(st.integers(max_value=0), st.booleans(), st.floats(), st.text(max_size=2)),
+       hidden=st.integers(min_value=1, max_value=64))
+def test_optimize_onnx_transformer_checks_heads_and_hidden(tmp_path_factory, heads, hidden):
+    folder = tmp_path_factory.mktemp("t")
+    src = folder / "in.onnx"
+    src.write_bytes(b"not read: arguments are checked first")
+    with pytest.raises(ValueError, match="num_heads"):
+        deploy.optimize_onnx_transformer(src, folder / "out.onnx", num_heads=heads, hidden_size=hidden)
+    with pytest.raises(ValueError, match="hidden_size"):
+        deploy.optimize_onnx_transformer(src, folder / "out.onnx", num_heads=1, hidden_size=-hidden)
+    if hidden > 1:
+        with pytest.raises(ValueError, match="multiple of num_heads"):
+            deploy.optimize_onnx_transformer(src, folder / "out.onnx", num_heads=hidden + 1, hidden_size=hidden)
+    assert not (folder / "out.onnx").exists()
