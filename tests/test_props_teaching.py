@@ -101,8 +101,8 @@ def test_guide_reads_notebooks_and_results(tmp_path):
 
 
 def test_site_folds_solutions(tmp_path):
-    nb = {"cells": [{"cell_type": "markdown", "metadata": {}, "source": "# 99 · Demo"},
-                    {"cell_type": "code", "metadata": {}, "outputs": [], "execution_count": None,
+    nb = {"cells": [{"cell_type": "markdown", "id": "demo-title", "metadata": {}, "source": "# 99 · Demo"},
+                    {"cell_type": "code", "id": "demo-code", "metadata": {}, "outputs": [], "execution_count": None,
                      "source": "def f():\n    ### BEGIN SOLUTION\n    return 1\n    ### END SOLUTION"}],
           "metadata": {}, "nbformat": 4, "nbformat_minor": 5}
     folded = site.fold_solutions(nb)
