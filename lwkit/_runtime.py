@@ -236,10 +236,16 @@ def _trace_inputs(args: tuple, kwargs: dict, dynamic_batch: bool) -> tuple[tuple
     return tuple(twice(t) for t in args), {k: twice(t) for k, t in kwargs.items()}
 
 
-def _dynamic_shapes(args: tuple, kwargs: dict, dynamic_batch: bool, max_batch: int | None):
-    if not dynamic_batch:
+def _dynamic_shapes(args: tuple, kwargs: dict, dynamic_batch: bool, max_batch: int | None,
+                    dynamic_seq: bool = False):
+    """torch.export dynamic_shapes: dim 0 (batch) and, with dynamic_seq, dim 1 (sequence) of every input."""
+    dims = {}
+    if dynamic_batch:
+        dims[0] = torch.export.Dim("batch", min=1, max=max_batch) if max_batch else torch.export.Dim("batch", min=1)
+    if dynamic_seq:
+        dims[1] = torch.export.Dim("sequence", min=2, max=4096)
+    if not dims:
         return None
-    batch = torch.export.Dim("batch", min=1, max=max_batch) if max_batch else torch.export.Dim("batch", min=1)
     if kwargs:
-        return {k: {0: batch} for k in kwargs}
-    return tuple({0: batch} for _ in args)
+        return {k: dict(dims) for k in kwargs}
+    return tuple(dict(dims) for _ in args)

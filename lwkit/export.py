@@ -77,7 +77,7 @@ def export_onnx(model: nn.Module, example_input, path, *, dynamic_batch: bool = 
     _require("onnx", "ONNX export")
     _require("onnxscript", "ONNX export")
     model = copy.deepcopy(model).cpu().eval()
-    t_args, t_kwargs = _trace_inputs(args, kwargs, dynamic_batch or dynamic_seq)
+    t_args, t_kwargs = _trace_inputs(args, kwargs, dynamic_batch)
     tmp = path.with_name(path.name + ".partial")
     try:
         with _quiet(), warnings.catch_warnings(), _native_stderr("ONNX export", "export"):
@@ -90,10 +90,7 @@ def export_onnx(model: nn.Module, example_input, path, *, dynamic_batch: bool = 
                                   dynamic_axes={n: dict(axes) for n in names} | {"output": {0: "batch"}}
                                   if axes else None)
             else:
-                shapes = _dynamic_shapes(t_args, t_kwargs, dynamic_batch, None)
-                if dynamic_seq:
-                    seq = torch.export.Dim("sequence", min=2, max=4096)
-                    shapes = _with_seq(shapes, t_args, t_kwargs, seq)
+                shapes = _dynamic_shapes(t_args, t_kwargs, dynamic_batch, None, dynamic_seq)
                 torch.onnx.export(model, t_args, str(tmp), kwargs=t_kwargs or None, dynamo=True, verbose=False,
                                   external_data=False, input_names=names if not kwargs else None,
                                   output_names=["output"], opset_version=opset, dynamic_shapes=shapes)
@@ -139,13 +136,6 @@ def quantize_onnx_dynamic(fp32_path, out_path, *, per_channel: bool = True, embe
             raise
         os.replace(partial, out_path)
     return out_path
-
-
-def _with_seq(shapes, args: tuple, kwargs: dict, seq):
-    """Add a dynamic dim 1 to torch.export dynamic_shapes built by _dynamic_shapes (or None)."""
-    if kwargs:
-        return {k: {**((shapes or {}).get(k) or {}), 1: seq} for k in kwargs}
-    return tuple({**((shapes[i] if shapes else None) or {}), 1: seq} for i in range(len(args)))
 
 
 def optimize_onnx_transformer(fp32_path, out_path, *, num_heads: int, hidden_size: int, model_type: str = "bert",

@@ -132,3 +132,13 @@ def test_bad_arguments_name_themselves(files, tmp_path, call, error, match):
     with pytest.raises(error, match=match):
         call(files, tmp_path)
     assert not (tmp_path / "o.onnx").exists() and not (tmp_path / "m.onnx").exists()
+
+
+def test_dynamic_seq_alone_keeps_the_batch_fixed_at_the_example_s(tmp_path):
+    enc = tiny_encoder(attention="sdpa")
+    ids, mask = batch(8, n=1)
+    path = deploy.export_onnx(enc, (ids, mask), tmp_path / "b1.onnx", dynamic_batch=False, dynamic_seq=True)
+    runner = deploy.load(path, threads=1)
+    ids11, mask11 = batch(11, n=1)
+    with torch.no_grad():
+        torch.testing.assert_close(runner(ids11, mask11), enc(ids11, mask11), atol=1e-4, rtol=1e-4)
